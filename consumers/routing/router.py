@@ -1,0 +1,136 @@
+"""The router consumer: one consumer group over the event topics.
+
+Each record is routed in one database transaction; the offset is committed only after that
+transaction. A crash between the two makes Kafka deliver the record again, and the idempotent
+writes (and the event's ``routed_at``) make the repeat create nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+from zoneinfo import ZoneInfo
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord
+from aiokafka.errors import KafkaError
+from aiokafka.structs import OffsetAndMetadata
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from consumers.routing.service import route_event
+from consumers.routing.table import RoutingTable, load_routing
+from renkei.broker import Broker
+from renkei.settings import Settings
+from schemas.envelope import EnvelopeError, EventEnvelope
+from schemas.topics import DLQ_TOPIC, EVENT_TOPICS
+from services.intake.models import Event
+
+log = logging.getLogger(__name__)
+
+
+class Router:
+    def __init__(
+        self,
+        sessions: async_sessionmaker[AsyncSession],
+        broker: Broker,
+        settings: Settings,
+        table: RoutingTable | None = None,
+        after_write: Callable[[str], None] | None = None,
+    ) -> None:
+        self.sessions = sessions
+        self.broker = broker
+        self.settings = settings
+        self.table = table or load_routing(settings.routing_file)
+        self.zone = ZoneInfo(settings.timezone)
+        # Fault injection for tests: called after the database commit, before the offset commit.
+        self.after_write = after_write
+        self.routed = 0
+
+    async def run(self) -> None:
+        failures = 0
+        while True:
+            consumer = self.broker.consumer(
+                *(self.settings.topic(t) for t in EVENT_TOPICS),
+                group_id=self.settings.router_group_id,
+            )
+            dlq = self.broker.producer()
+            try:
+                await consumer.start()
+                await dlq.start()
+                failures = 0
+                await self._consume(consumer, dlq)
+            except (KafkaError, OSError) as error:
+                failures += 1
+                delay = min(self.settings.relay_backoff_max_seconds, 0.1 * 2**failures)
+                log.warning(
+                    "router: broker unavailable (%s); retry in %.1fs", type(error).__name__, delay
+                )
+                await asyncio.sleep(delay)
+            finally:
+                with contextlib.suppress(Exception):
+                    await consumer.stop()
+                with contextlib.suppress(Exception):
+                    await dlq.stop()
+
+    async def _consume(self, consumer: AIOKafkaConsumer, dlq: AIOKafkaProducer) -> None:
+        while True:
+            batches = await consumer.getmany(timeout_ms=200, max_records=200)
+            for partition, records in batches.items():
+                for record in records:
+                    await self.handle(record, dlq)
+                    # Commit each record's offset right after its transaction, so a crash
+                    # replays at most the one record in flight.
+                    await consumer.commit({partition: OffsetAndMetadata(record.offset + 1, "")})
+
+    async def handle(self, record: ConsumerRecord, dlq: AIOKafkaProducer) -> None:
+        try:
+            envelope = EventEnvelope.from_bytes(record.value)
+        except EnvelopeError as error:
+            await self._dead_letter(dlq, record, str(error))
+            return
+        async with self.sessions() as session:
+            event = await session.get(Event, envelope.event_id)
+            if event is None or event.patient_id is None:
+                await self._dead_letter(dlq, record, "event not in the database")
+                return
+            outcome = await route_event(
+                session, event, self.table, self.zone, self.settings.consent_default
+            )
+            await session.commit()
+        if not outcome.already_routed:
+            self.routed += 1
+            log.info(
+                "routed event %s: %d notified, %d withheld",
+                event.id,
+                outcome.notified,
+                outcome.suppressed,
+            )
+        if self.after_write is not None:
+            self.after_write(event.id)
+
+    async def _dead_letter(
+        self, dlq: AIOKafkaProducer, record: ConsumerRecord, reason: str
+    ) -> None:
+        log.error(
+            "router: record %s/%d@%d to the DLQ: %s",
+            record.topic,
+            record.partition,
+            record.offset,
+            reason,
+        )
+        headers = [
+            ("renkei-dlq-reason", reason.encode()[:200]),
+            ("renkei-source", f"{record.topic}/{record.partition}/{record.offset}".encode()),
+        ]
+        await dlq.send_and_wait(
+            self.settings.topic(DLQ_TOPIC), record.value, key=record.key, headers=headers
+        )
+
+
+async def run_router(hub) -> None:  # noqa: ANN001 - Hub, imported lazily to avoid a cycle
+    assert hub.broker is not None
+    await Router(hub.sessions, hub.broker, hub.settings).run()
+
+
+__all__ = ["Router", "run_router"]

@@ -1,0 +1,131 @@
+"""Route one event: care team x routing table x consent -> notifications, in one transaction.
+
+Idempotent by construction: notifications are unique per (event, recipient) and written with
+INSERT ... ON CONFLICT DO NOTHING, so a redelivered record creates nothing new.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+from zoneinfo import ZoneInfo
+
+from sqlalchemy import update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from consumers.routing.models import SuppressedDelivery
+from consumers.routing.rules import PRIORITY_RANK, care_team_members, consent_decision, due_for
+from consumers.routing.table import RoutingTable
+from renkei.db import insert_ignore, utcnow
+from schemas.events import CareTeamRole, EventType
+from services.intake.models import Event
+from services.notifications.models import Notification
+from services.registry import service as registry
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Recipient:
+    reference: str
+    org_id: str
+    role: CareTeamRole
+    priority: str
+
+
+@dataclass(frozen=True)
+class RoutingOutcome:
+    notified: int
+    suppressed: int
+    already_routed: bool
+
+
+async def recipients(
+    session: AsyncSession, event: Event, table: RoutingTable, at: datetime, zone: ZoneInfo
+) -> list[Recipient]:
+    """Who should hear of the event, before consent: one entry per recipient, highest priority."""
+    row = table.get(EventType(event.event_type), {})
+    teams = await registry.care_teams(session, event.patient_id or "")
+    chosen: dict[str, Recipient] = {}
+    for member in care_team_members(teams, at, zone):
+        priority = row.get(member.role)
+        if priority is None:
+            continue
+        org_id = await _organization_of(session, member.reference)
+        if org_id is None or org_id == event.sender_org_id:
+            continue  # the sender never receives its own event
+        current = chosen.get(member.reference)
+        if current is None or PRIORITY_RANK[priority] > PRIORITY_RANK[current.priority]:
+            chosen[member.reference] = Recipient(member.reference, org_id, member.role, priority)
+    return sorted(chosen.values(), key=lambda r: r.reference)
+
+
+async def _organization_of(session: AsyncSession, reference: str) -> str | None:
+    kind, _, ident = reference.partition("/")
+    if kind == "Organization":
+        return ident
+    role = await registry.read(session, "PractitionerRole", ident)
+    if role is None:
+        log.warning("care team names an unknown PractitionerRole; skipped")
+        return None
+    org = (role.body.get("organization") or {}).get("reference", "")
+    return org.removeprefix("Organization/") if org.startswith("Organization/") else None
+
+
+async def route_event(
+    session: AsyncSession,
+    event: Event,
+    table: RoutingTable,
+    zone: ZoneInfo,
+    consent_default: str,
+) -> RoutingOutcome:
+    """Write the event's notifications and suppressions and mark it routed (caller commits)."""
+    if event.routed_at is not None:
+        return RoutingOutcome(0, 0, already_routed=True)
+    at = event.occurred_at or event.accepted_at
+    consents = await registry.consents(session, event.patient_id or "")
+    now = utcnow()
+    notifications, suppressed = [], []
+    for recipient in await recipients(session, event, table, at, zone):
+        decision = consent_decision(consents, recipient.org_id, now, zone, consent_default)
+        if not decision.permitted:
+            suppressed.append(
+                {
+                    "event_id": event.id,
+                    "recipient": recipient.reference,
+                    "reason": decision.reason,
+                    "decided_at": now,
+                }
+            )
+            continue
+        due = due_for(EventType(event.event_type), recipient.role, recipient.priority, at, zone)
+        notifications.append(
+            {
+                "id": str(uuid.uuid4()),
+                "event_id": event.id,
+                "recipient": recipient.reference,
+                "recipient_org_id": recipient.org_id,
+                "care_team_role": recipient.role.value,
+                "category": event.event_type,
+                "priority": recipient.priority,
+                "patient_id": event.patient_id,
+                "sent": now,
+                "due_at": due.at,
+            }
+        )
+    if notifications:
+        await session.execute(
+            insert_ignore(session, Notification.__table__, notifications, ["event_id", "recipient"])
+        )
+    if suppressed:
+        await session.execute(
+            insert_ignore(
+                session, SuppressedDelivery.__table__, suppressed, ["event_id", "recipient"]
+            )
+        )
+    await session.execute(
+        update(Event).where(Event.id == event.id, Event.routed_at.is_(None)).values(routed_at=now)
+    )
+    return RoutingOutcome(len(notifications), len(suppressed), already_routed=False)

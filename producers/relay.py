@@ -1,0 +1,225 @@
+"""The transactional outbox relay: database rows -> Kafka, at least once, in order per patient.
+
+A row is claimed (so two relays never publish it at the same time), sent with ``acks=all``,
+and marked sent only after the broker's ack. While the broker is away the relay backs off and
+keeps trying; nothing is lost because the database, not the broker, is the record. An event
+that was published but not routed within a window is published again (Tansu forgets
+everything on restart; a real cluster can lose an acked record in an unclean failover).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import random
+import uuid
+from collections import defaultdict
+from datetime import timedelta
+
+from aiokafka import AIOKafkaProducer
+from aiokafka.errors import KafkaError
+from sqlalchemy import and_, or_, select, update
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from producers.models import OutboxRecord
+from renkei.broker import Broker
+from renkei.db import utcnow
+from renkei.settings import Settings
+from schemas.envelope import EventEnvelope
+from services.intake.models import Event
+
+log = logging.getLogger(__name__)
+BATCH = 200
+
+
+class OutboxRelay:
+    def __init__(
+        self,
+        sessions: async_sessionmaker[AsyncSession],
+        broker: Broker,
+        settings: Settings,
+        relay_id: str | None = None,
+    ) -> None:
+        self.sessions = sessions
+        self.broker = broker
+        self.settings = settings
+        self.relay_id = relay_id or f"relay-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+        self._producer: AIOKafkaProducer | None = None
+        self._last_redrive = 0.0
+
+    async def run(self) -> None:
+        failures = 0
+        try:
+            while True:
+                try:
+                    sent = await self.publish_pending()
+                    await self.maybe_redrive()
+                    failures = 0
+                    if sent == 0:
+                        await asyncio.sleep(self.settings.relay_poll_seconds)
+                except (KafkaError, OSError) as error:
+                    failures += 1
+                    delay = min(self.settings.relay_backoff_max_seconds, 0.1 * 2**failures)
+                    log.warning(
+                        "relay: broker unavailable (%s); retry in %.1fs",
+                        type(error).__name__,
+                        delay,
+                    )
+                    await self._close_producer()
+                    await asyncio.sleep(delay * (0.5 + random.random() / 2))
+        finally:
+            await self._close_producer()
+
+    async def _ensure_producer(self) -> AIOKafkaProducer:
+        if self._producer is None:
+            producer = self.broker.producer()
+            try:
+                await producer.start()
+            except BaseException:
+                with contextlib.suppress(Exception):
+                    await producer.stop()
+                raise
+            # A broker that came back empty (Tansu restart) needs its topics again.
+            await self.broker.ensure_topics()
+            self._producer = producer
+        return self._producer
+
+    async def _close_producer(self) -> None:
+        producer, self._producer = self._producer, None
+        if producer is not None:
+            with contextlib.suppress(Exception):
+                await producer.stop()
+
+    async def claim(self) -> list[OutboxRecord]:
+        """Claim up to BATCH unsent rows; a claim expires so a crashed relay's rows come back."""
+        now = utcnow()
+        free = or_(OutboxRecord.claimed_until.is_(None), OutboxRecord.claimed_until < now)
+        candidates = (
+            select(OutboxRecord.id)
+            .where(OutboxRecord.sent_at.is_(None), free)
+            .order_by(OutboxRecord.id)
+            .limit(BATCH)
+            .scalar_subquery()
+        )
+        async with self.sessions() as session:
+            claimed_ids = (
+                await session.scalars(
+                    update(OutboxRecord)
+                    # Re-checked under the row lock, so a row two relays both chose goes to one.
+                    .where(OutboxRecord.id.in_(candidates), OutboxRecord.sent_at.is_(None), free)
+                    .values(
+                        claimed_by=self.relay_id,
+                        claimed_until=now + timedelta(seconds=self.settings.relay_claim_seconds),
+                    )
+                    .returning(OutboxRecord.id)
+                )
+            ).all()
+            await session.commit()
+            if not claimed_ids:
+                return []
+            rows = await session.scalars(
+                select(OutboxRecord)
+                .where(OutboxRecord.id.in_(claimed_ids))
+                .order_by(OutboxRecord.id)
+            )
+            return list(rows)
+
+    async def publish_pending(self) -> int:
+        rows = await self.claim()
+        if not rows:
+            return 0
+        producer = await self._ensure_producer()
+        by_key: dict[str, list[OutboxRecord]] = defaultdict(list)
+        for row in rows:
+            by_key[row.key].append(row)
+        results = await asyncio.gather(
+            *(self._publish_in_order(producer, chain) for chain in by_key.values()),
+            return_exceptions=True,
+        )
+        sent = [row_id for result in results if isinstance(result, list) for row_id in result]
+        await self._mark_sent(sent)
+        await self._release([row.id for row in rows if row.id not in set(sent)])
+        errors = [result for result in results if isinstance(result, BaseException)]
+        if errors:
+            raise errors[0]
+        return len(sent)
+
+    async def _publish_in_order(
+        self, producer: AIOKafkaProducer, chain: list[OutboxRecord]
+    ) -> list[int]:
+        """One patient's rows, one after the other: a later event never overtakes an earlier one."""
+        done: list[int] = []
+        try:
+            for row in chain:
+                headers = EventEnvelope.from_bytes(row.value).headers()
+                await producer.send_and_wait(
+                    self.settings.topic(row.topic), row.value, key=row.key.encode(), headers=headers
+                )
+                done.append(row.id)
+        except KafkaError as error:
+            if done:
+                await self._mark_sent(done)
+            raise error
+        return done
+
+    async def _mark_sent(self, row_ids: list[int]) -> None:
+        if not row_ids:
+            return
+        async with self.sessions() as session:
+            await session.execute(
+                update(OutboxRecord)
+                .where(OutboxRecord.id.in_(row_ids))
+                .values(
+                    sent_at=utcnow(),
+                    claimed_by=None,
+                    claimed_until=None,
+                    attempts=OutboxRecord.attempts + 1,
+                )
+            )
+            await session.commit()
+
+    async def _release(self, row_ids: list[int]) -> None:
+        if not row_ids:
+            return
+        async with self.sessions() as session:
+            await session.execute(
+                update(OutboxRecord)
+                .where(OutboxRecord.id.in_(row_ids), OutboxRecord.sent_at.is_(None))
+                .values(
+                    claimed_by=None,
+                    claimed_until=None,
+                    attempts=OutboxRecord.attempts + 1,
+                    last_error="broker unavailable",
+                )
+            )
+            await session.commit()
+
+    async def maybe_redrive(self) -> int:
+        """Publish again what was sent but not routed within the window."""
+        loop = asyncio.get_running_loop()
+        window = self.settings.relay_redeliver_after_seconds
+        if loop.time() - self._last_redrive < min(window / 4, 5.0):
+            return 0
+        self._last_redrive = loop.time()
+        cutoff = utcnow() - timedelta(seconds=window)
+        unrouted = select(Event.id).where(Event.routed_at.is_(None), Event.status == "accepted")
+        async with self.sessions() as session:
+            result = await session.execute(
+                update(OutboxRecord)
+                .where(and_(OutboxRecord.sent_at < cutoff, OutboxRecord.event_id.in_(unrouted)))
+                .values(sent_at=None)
+            )
+            await session.commit()
+        count = result.rowcount or 0
+        if count:
+            log.warning(
+                "relay: %d event(s) not routed within %.0fs; publishing again", count, window
+            )
+        return count
+
+
+async def run_relay(hub) -> None:  # noqa: ANN001 - Hub, imported lazily to avoid a cycle
+    assert hub.broker is not None
+    await OutboxRelay(hub.sessions, hub.broker, hub.settings).run()

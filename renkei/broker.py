@@ -1,0 +1,231 @@
+"""The one broker interface: Tansu and Apache Kafka behind the same small surface.
+
+Everything Kafka-facing (producer, consumers, topic administration) is made here, so the
+relay, the router and the tests never configure aiokafka themselves. What an engine can do is
+detected at start, not configured: Apache Kafka gets the idempotent producer, Tansu does not
+(it advertises InitProducerId but cannot serve it).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
+from aiokafka.errors import TopicAlreadyExistsError
+
+from renkei.kafka_probe import init_producer_id_error, parse_bootstrap
+from renkei.settings import Settings
+from schemas.topics import ALL_TOPICS
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TopicSpec:
+    name: str
+    partitions: int
+    replication_factor: int
+    configs: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class BrokerInfo:
+    engine: str = "unknown"  # "apache-kafka" or "tansu" (by capability, see detect)
+    brokers: int = 0
+    idempotent_producer: bool = False
+
+
+class Broker:
+    def __init__(self, settings: Settings, bootstrap: str) -> None:
+        self.settings = settings
+        self.bootstrap = bootstrap
+        self.info = BrokerInfo()
+        self.topic_problems: list[str] = []
+
+    # -- connection options -------------------------------------------------------------
+    def client_options(self) -> dict[str, Any]:
+        s = self.settings
+        options: dict[str, Any] = {
+            "bootstrap_servers": self.bootstrap,
+            "security_protocol": s.kafka_security_protocol,
+        }
+        if s.kafka_sasl_mechanism:
+            options.update(
+                sasl_mechanism=s.kafka_sasl_mechanism,
+                sasl_plain_username=s.kafka_sasl_username,
+                sasl_plain_password=s.kafka_sasl_password,
+            )
+        if s.kafka_security_protocol in ("SSL", "SASL_SSL"):
+            from aiokafka.helpers import create_ssl_context
+
+            options["ssl_context"] = create_ssl_context(
+                cafile=str(s.kafka_ssl_cafile) if s.kafka_ssl_cafile else None
+            )
+        return options
+
+    # -- start: detect what the engine offers, make the topics ---------------------------
+    async def start(self) -> None:
+        await self.detect()
+        self.topic_problems = await self.ensure_topics()
+        for problem in self.topic_problems:
+            log.warning("topic settings differ from the cluster: %s", problem)
+
+    async def detect(self) -> BrokerInfo:
+        host, port = parse_bootstrap(self.bootstrap)[0]
+        # Plain-text probe only; with TLS/SASL we trust the cluster to be Apache Kafka.
+        if self.settings.kafka_security_protocol == "PLAINTEXT":
+            error = await asyncio.to_thread(init_producer_id_error, host, port)
+            idempotent = error == 0
+        else:
+            idempotent = True
+        admin = await self._admin()
+        try:
+            cluster = await admin.describe_cluster()
+            brokers = len(cluster.get("brokers", []))
+        finally:
+            await admin.close()
+        self.info = BrokerInfo(
+            engine="apache-kafka" if idempotent else "tansu",
+            brokers=brokers,
+            idempotent_producer=idempotent,
+        )
+        log.info("broker: engine=%s brokers=%d", self.info.engine, brokers)
+        return self.info
+
+    async def _admin(self) -> AIOKafkaAdminClient:
+        admin = AIOKafkaAdminClient(**self.client_options(), request_timeout_ms=15000)
+        await admin.start()
+        return admin
+
+    # -- topic administration (the one place) --------------------------------------------
+    def topic_specs(self) -> list[TopicSpec]:
+        s = self.settings
+        brokers = max(self.info.brokers, 1)
+        rf = s.topic_replication_factor or min(3, brokers)
+        min_isr = s.topic_min_insync_replicas or (2 if rf >= 3 else 1)
+        configs = {
+            "min.insync.replicas": str(min_isr),
+            "retention.ms": str(s.topic_retention_ms),
+            "compression.type": s.topic_compression,
+        }
+        return [
+            TopicSpec(s.topic(name), s.topic_partitions, rf, dict(configs)) for name in ALL_TOPICS
+        ]
+
+    async def ensure_topics(self) -> list[str]:
+        """Create missing topics; return how existing ones differ from the settings."""
+        specs = self.topic_specs()
+        admin = await self._admin()
+        try:
+            existing = set(await admin.list_topics())
+            missing = [spec for spec in specs if spec.name not in existing]
+            if missing:
+                try:
+                    await admin.create_topics(
+                        [
+                            NewTopic(
+                                spec.name,
+                                spec.partitions,
+                                spec.replication_factor,
+                                topic_configs=spec.configs if self.info.idempotent_producer else {},
+                            )
+                            for spec in missing
+                        ]
+                    )
+                except TopicAlreadyExistsError:
+                    pass  # another hub process created them first
+            return await self._differences(admin, specs)
+        finally:
+            await admin.close()
+
+    async def check_topics(self) -> list[str]:
+        admin = await self._admin()
+        try:
+            self.topic_problems = await self._differences(admin, self.topic_specs())
+            return self.topic_problems
+        finally:
+            await admin.close()
+
+    async def _differences(self, admin: AIOKafkaAdminClient, specs: list[TopicSpec]) -> list[str]:
+        problems = []
+        described = await admin.describe_topics([spec.name for spec in specs])
+        by_name = {topic["topic"]: topic for topic in described}
+        for spec in specs:
+            topic = by_name.get(spec.name)
+            if topic is None or topic.get("error_code"):
+                problems.append(f"{spec.name}: missing")
+                continue
+            partitions = topic["partitions"]
+            if len(partitions) != spec.partitions:
+                problems.append(
+                    f"{spec.name}: partitions {len(partitions)}, settings say {spec.partitions}"
+                )
+            replicas = min(len(p["replicas"]) for p in partitions) if partitions else 0
+            # Tansu reports no real replication; only Apache Kafka is held to the factor.
+            if self.info.idempotent_producer and replicas != spec.replication_factor:
+                problems.append(
+                    f"{spec.name}: replication factor {replicas}, "
+                    f"settings say {spec.replication_factor}"
+                )
+        if self.info.idempotent_producer:
+            problems.extend(await self._config_differences(admin, specs))
+        return problems
+
+    async def _config_differences(
+        self, admin: AIOKafkaAdminClient, specs: list[TopicSpec]
+    ) -> list[str]:
+        resources = [ConfigResource(ConfigResourceType.TOPIC, spec.name) for spec in specs]
+        responses = await admin.describe_configs(resources)
+        actual: dict[str, dict[str, str]] = {}
+        for response in responses:
+            for _err, _msg, _type, name, entries in response.resources:
+                actual[name] = {entry[0]: entry[1] for entry in entries}
+        problems = []
+        for spec in specs:
+            for key, wanted in spec.configs.items():
+                have = actual.get(spec.name, {}).get(key)
+                if have is not None and have != wanted:
+                    problems.append(f"{spec.name}: {key}={have}, settings say {wanted}")
+        return problems
+
+    # -- clients -------------------------------------------------------------------------
+    def producer(self, **overrides: Any) -> AIOKafkaProducer:
+        options: dict[str, Any] = dict(
+            acks="all",
+            enable_idempotence=self.info.idempotent_producer,
+            linger_ms=2,
+            request_timeout_ms=15000,
+            retry_backoff_ms=200,
+        )
+        options.update(overrides)
+        return AIOKafkaProducer(**self.client_options(), **options)
+
+    def consumer(self, *topics: str, group_id: str, **overrides: Any) -> AIOKafkaConsumer:
+        options: dict[str, Any] = dict(
+            group_id=group_id,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            isolation_level="read_committed"
+            if self.info.idempotent_producer
+            else "read_uncommitted",
+            session_timeout_ms=10000,
+            heartbeat_interval_ms=1000,
+            metadata_max_age_ms=5000,
+        )
+        options.update(overrides)
+        return AIOKafkaConsumer(*topics, **self.client_options(), **options)
+
+    async def reachable(self) -> bool:
+        host, port = parse_bootstrap(self.bootstrap)[0]
+        try:
+            from renkei.kafka_probe import api_versions
+
+            await asyncio.to_thread(api_versions, host, port, 2.0)
+            return True
+        except OSError:
+            return False

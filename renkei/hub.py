@@ -1,0 +1,71 @@
+"""The hub runtime: settings, database, broker and background workers, started and stopped together.
+
+``renkei up`` and the test fixtures both build a Hub; the FastAPI app only reads from it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+
+from renkei.broker import Broker
+from renkei.db import create_engine, migrate, session_factory
+from renkei.settings import Settings
+from services.auth.service import signing_key
+
+log = logging.getLogger(__name__)
+
+Worker = Callable[["Hub"], Awaitable[None]]
+
+
+class Hub:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.engine: AsyncEngine = create_engine(settings.resolved_database_url)
+        self.sessions: async_sessionmaker[AsyncSession] = session_factory(self.engine)
+        self.token_public_key = signing_key(settings.keys_dir).public_key()
+        self.broker: Broker | None = None
+        self._embedded = None
+        self._tasks: list[asyncio.Task[None]] = []
+
+    async def start(self, *, broker: bool = True, workers: bool = True) -> None:
+        await asyncio.to_thread(Path(self.settings.data_dir).mkdir, parents=True, exist_ok=True)
+        await migrate(self.engine)
+        if broker:
+            bootstrap = self.settings.kafka_bootstrap
+            if not bootstrap:
+                from deploy.tansu import EmbeddedTansu
+
+                self._embedded = EmbeddedTansu(Path(self.settings.data_dir) / "broker")
+                bootstrap = await asyncio.to_thread(self._embedded.start)
+                log.info("embedded Tansu broker on %s", bootstrap)
+            self.broker = Broker(self.settings, bootstrap)
+            await self.broker.start()
+        if workers and self.broker is not None:
+            from consumers.routing.router import run_router
+            from producers.relay import run_relay
+
+            self.spawn("outbox-relay", run_relay)
+            self.spawn("router", run_router)
+
+    def spawn(self, name: str, worker: Worker) -> asyncio.Task[None]:
+        task = asyncio.create_task(worker(self), name=name)
+        self._tasks.append(task)
+        return task
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        self._tasks.clear()
+        if self._embedded is not None:
+            await asyncio.to_thread(self._embedded.stop)
+            self._embedded = None
+        await self.engine.dispose()

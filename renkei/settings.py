@@ -1,0 +1,73 @@
+"""The hub's one settings object, read from the environment (prefix ``RENKEI_``) and ``.env``."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="RENKEI_", env_file=".env", extra="ignore")
+
+    host: str = "127.0.0.1"
+    port: int = 8000
+    data_dir: Path = Path("var")
+    # Unset: SQLite file in the data dir.
+    database_url: str | None = None
+    # Unset: `renkei up` starts the embedded Tansu broker.
+    kafka_bootstrap: str | None = None
+    kafka_security_protocol: str = "PLAINTEXT"
+    kafka_sasl_mechanism: str | None = None
+    kafka_sasl_username: str | None = None
+    kafka_sasl_password: str | None = None
+    kafka_ssl_cafile: Path | None = None
+
+    # Prepended to every topic name: several hubs (regions, test runs) can share one cluster.
+    topic_prefix: str = ""
+    canonical_base: str = "https://renkei-hub.example.jp/fhir"
+
+    # Topics: created if missing, checked at start.
+    topic_partitions: int = 6
+    topic_replication_factor: int | None = None  # None: min(3, brokers in the cluster)
+    topic_min_insync_replicas: int | None = None  # None: 2 when RF >= 3, else 1
+    topic_retention_ms: int = 7 * 24 * 3600 * 1000
+    topic_compression: str = "producer"
+
+    max_message_bytes: int = Field(default=1024 * 1024, description="Largest accepted message")
+    token_ttl_seconds: int = 12 * 3600
+
+    # Outbox relay: how often it polls, how long a claim lasts, and after how long an event that
+    # was published but not yet routed is published again (the broker may have lost it).
+    relay_poll_seconds: float = 0.2
+    relay_claim_seconds: float = 30.0
+    relay_redeliver_after_seconds: float = 60.0
+    relay_backoff_max_seconds: float = 5.0
+
+    router_group_id: str = "renkei-router"
+    # Routing table override: a JSON file of {event: {care-team-role: priority}}.
+    routing_file: Path | None = None
+    # Opt-in (Japanese default): no active Consent, no sharing. A region may choose opt-out.
+    consent_default: str = "opt-in"
+    # Japan Standard Time: due dates ("by the end of the next day") are local dates.
+    timezone: str = "Asia/Tokyo"
+
+    @property
+    def resolved_database_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite+aiosqlite:///{(self.data_dir / 'renkei.sqlite3').resolve()}"
+
+    def topic(self, name: str) -> str:
+        return f"{self.topic_prefix}{name}"
+
+    @property
+    def keys_dir(self) -> Path:
+        return self.data_dir / "keys"
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()

@@ -1,0 +1,10 @@
+"""Imports every domain's tables so ``Base.metadata`` is complete (for Alembic and tests)."""
+
+from consumers.routing import models as routing_models  # noqa: F401
+from producers import models as outbox_models  # noqa: F401
+from renkei.db import Base
+from services.intake import models as intake_models  # noqa: F401
+from services.notifications import models as notification_models  # noqa: F401
+from services.registry import models as registry_models  # noqa: F401
+
+metadata = Base.metadata

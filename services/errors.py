@@ -1,0 +1,67 @@
+"""FHIR errors: every failure answers with an OperationOutcome, never a stack trace."""
+
+from __future__ import annotations
+
+import logging
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException
+
+from schemas.outcome import InvalidMessage, Issue, operation_outcome
+
+log = logging.getLogger(__name__)
+FHIR_JSON = "application/fhir+json"
+
+
+class FhirError(Exception):
+    def __init__(
+        self,
+        status: int,
+        code: str,
+        diagnostics: str,
+        expression: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        self.status = status
+        self.issues = [Issue("error", code, diagnostics, expression)]
+        self.headers = headers
+
+
+def outcome_response(status: int, issues: list[Issue], headers: dict | None = None) -> JSONResponse:
+    return JSONResponse(
+        operation_outcome(issues), status_code=status, media_type=FHIR_JSON, headers=headers
+    )
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(FhirError)
+    async def fhir_error(_request: Request, error: FhirError) -> JSONResponse:
+        return outcome_response(error.status, error.issues, error.headers)
+
+    @app.exception_handler(InvalidMessage)
+    async def invalid_message(_request: Request, error: InvalidMessage) -> JSONResponse:
+        return outcome_response(error.status, error.issues)
+
+    @app.exception_handler(HTTPException)
+    async def http_error(_request: Request, error: HTTPException) -> JSONResponse:
+        code = {404: "not-found", 405: "not-supported", 401: "login", 403: "forbidden"}
+        return outcome_response(
+            error.status_code,
+            [Issue("error", code.get(error.status_code, "processing"), str(error.detail), None)],
+        )
+
+    @app.exception_handler(RequestValidationError)
+    async def request_invalid(_request: Request, error: RequestValidationError) -> JSONResponse:
+        # Name the parameter, never echo the value (it may be personal data).
+        issues = [
+            Issue("error", "invalid", f"{item['msg']}", ".".join(str(p) for p in item["loc"]))
+            for item in error.errors()
+        ]
+        return outcome_response(400, issues)
+
+    @app.exception_handler(Exception)
+    async def unexpected(_request: Request, error: Exception) -> JSONResponse:
+        log.exception("unhandled error (%s)", type(error).__name__)
+        return outcome_response(500, [Issue("error", "exception", "internal error", None)])

@@ -1,0 +1,37 @@
+"""Intake tables: every accepted message is an event row, matched to a patient or not."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import Index, String, UniqueConstraint
+from sqlalchemy.orm import Mapped, mapped_column
+
+from renkei.db import Base, JSONDocument, UTCDateTime
+
+# An event waits in ``unmatched`` until an admin links its patient, then becomes ``accepted``.
+STATUS_ACCEPTED = "accepted"
+STATUS_UNMATCHED = "unmatched"
+
+
+class Event(Base):
+    __tablename__ = "event"
+    __table_args__ = (
+        # The same MessageHeader from the same sender is the same event (answered 200, not 202).
+        UniqueConstraint("sender_org_id", "message_id", name="uq_event_sender_message"),
+        Index("ix_event_status", "status"),
+    )
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    sender_org_id: Mapped[str] = mapped_column(String(64))
+    message_id: Mapped[str] = mapped_column(String(128))
+    event_type: Mapped[str] = mapped_column(String(32))
+    status: Mapped[str] = mapped_column(String(16))
+    patient_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    patient_key: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    occurred_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    accepted_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    # Set by the router in the same transaction as the notifications: an event is done when
+    # routed, not when the broker acknowledged it (the relay republishes until this is set).
+    routed_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    bundle: Mapped[dict] = mapped_column(JSONDocument)

@@ -1,0 +1,110 @@
+"""A notification as a FHIR R4 Communication (what care managers and nurses read)."""
+
+from __future__ import annotations
+
+import base64
+import json
+from typing import Any
+
+from consumers.routing.rules import due_for
+from schemas.events import EVENT_RULES, EVENT_SYSTEM, CareTeamRole, EventType
+from services.intake.models import Event
+from services.notifications.models import Notification
+
+STATUS_EXTENSION = "https://renkei-hub.example.jp/fhir/StructureDefinition"
+
+
+def status_of(notification: Notification) -> str:
+    """in-progress: not yet read; received: 既読; completed: 対応済."""
+    if notification.acknowledged_at is not None:
+        return "completed"
+    if notification.read_at is not None:
+        return "received"
+    return "in-progress"
+
+
+def _patient_name(event: Event) -> str:
+    for entry in event.bundle.get("entry", []):
+        resource = entry.get("resource", {})
+        if resource.get("resourceType") == "Patient":
+            for name in resource.get("name", []):
+                if name.get("text"):
+                    return name["text"]
+                parts = [name.get("family", ""), *name.get("given", [])]
+                if any(parts):
+                    return " ".join(p for p in parts if p)
+    return "（氏名未記載）"
+
+
+def to_communication(notification: Notification, event: Event, zone) -> dict[str, Any]:  # noqa: ANN001
+    event_type = EventType(notification.category)
+    rule = EVENT_RULES[event_type]
+    role = CareTeamRole(notification.care_team_role)
+    at = event.occurred_at or event.accepted_at
+    due = due_for(event_type, role, notification.priority, at, zone)
+    when = at.astimezone(zone).strftime("%Y-%m-%d %H:%M")
+    text = f"【{rule.display_ja}】{_patient_name(event)} 様（{when}）: {due.text_ja}"
+    communication: dict[str, Any] = {
+        "resourceType": "Communication",
+        "id": notification.id,
+        "meta": {
+            "lastUpdated": (
+                notification.acknowledged_at or notification.read_at or notification.sent
+            ).isoformat()
+        },
+        "identifier": [{"system": f"{EVENT_SYSTEM.rsplit('/', 2)[0]}/event-id", "value": event.id}],
+        "status": status_of(notification),
+        "category": [
+            {
+                "coding": [
+                    {"system": EVENT_SYSTEM, "code": event_type.value, "display": rule.display_ja}
+                ]
+            }
+        ],
+        "priority": notification.priority,
+        "subject": {"reference": f"Patient/{notification.patient_id}"},
+        "topic": {"text": rule.display_en},
+        "sent": notification.sent.isoformat(),
+        "recipient": [{"reference": notification.recipient}],
+        "sender": {"reference": f"Organization/{event.sender_org_id}"},
+        "reasonCode": [
+            {
+                "coding": [
+                    {
+                        "system": f"{EVENT_SYSTEM.rsplit('/', 1)[0]}/care-team-role",
+                        "code": role.value,
+                    }
+                ]
+            }
+        ],
+        "payload": [
+            {"contentString": text},
+            {"contentString": due.text_en},
+            {
+                "contentAttachment": {
+                    "contentType": "application/fhir+json",
+                    "title": f"{rule.display_ja} message bundle",
+                    "data": base64.b64encode(
+                        json.dumps(event.bundle, ensure_ascii=False).encode()
+                    ).decode(),
+                }
+            },
+        ],
+        "extension": [],
+    }
+    if notification.read_at is not None:
+        communication["received"] = notification.read_at.isoformat()
+    if due.at is not None:
+        communication["extension"].append(
+            {"url": f"{STATUS_EXTENSION}/due-by", "valueDateTime": due.at.isoformat()}
+        )
+    if notification.acknowledged_at is not None:
+        communication["extension"].append(
+            {
+                "url": f"{STATUS_EXTENSION}/acknowledged",
+                "valueDateTime": notification.acknowledged_at.isoformat(),
+            }
+        )
+    if not communication["extension"]:
+        del communication["extension"]
+    return communication

@@ -1,0 +1,117 @@
+"""Notification routes: the caller's Communications, and 既読 / 対応済 receipts."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from urllib.parse import urlencode
+from zoneinfo import ZoneInfo
+
+from fastapi import APIRouter, Depends, Query, Request
+from fastapi.responses import JSONResponse
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from renkei.hub import Hub
+from services.auth.dependencies import current_principal
+from services.auth.service import Principal
+from services.dependencies import get_hub, get_session
+from services.errors import FHIR_JSON, FhirError
+from services.notifications import service
+from services.notifications.communication import to_communication
+
+router = APIRouter(prefix="/fhir/Communication")
+
+
+def _since(value: str | None) -> datetime | None:
+    if value is None:
+        return None
+    try:
+        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        raise FhirError(400, "value", "_since must be a FHIR instant", "_since") from None
+    if parsed.tzinfo is None:
+        raise FhirError(400, "value", "_since needs a time zone", "_since")
+    return parsed
+
+
+@router.get("")
+async def search(
+    request: Request,
+    status: str | None = None,
+    category: str | None = None,
+    subject: str | None = None,
+    priority: str | None = None,
+    since: str | None = Query(None, alias="_since"),
+    count: int = Query(20, alias="_count", ge=1, le=200),
+    offset: int = Query(0, alias="_offset", ge=0),
+    principal: Principal = Depends(current_principal),
+    session: AsyncSession = Depends(get_session),
+    hub: Hub = Depends(get_hub),
+) -> JSONResponse:
+    filters = service.NotificationFilter(status, category, subject, _since(since), priority)
+    rows, total = await service.search(session, principal, filters, count, offset)
+    zone = ZoneInfo(hub.settings.timezone)
+    params = {k: v for k, v in request.query_params.items() if k not in ("_offset",)}
+    links = [{"relation": "self", "url": _url(request, params, offset)}]
+    if offset + count < total:
+        links.append({"relation": "next", "url": _url(request, params, offset + count)})
+    if offset > 0:
+        links.append({"relation": "previous", "url": _url(request, params, max(offset - count, 0))})
+    bundle = {
+        "resourceType": "Bundle",
+        "type": "searchset",
+        "total": total,
+        "link": links,
+        "entry": [
+            {
+                "fullUrl": str(request.url_for("read_communication", notification_id=n.id)),
+                "resource": to_communication(n, e, zone),
+                "search": {"mode": "match"},
+            }
+            for n, e in rows
+        ],
+    }
+    return JSONResponse(bundle, media_type=FHIR_JSON)
+
+
+def _url(request: Request, params: dict[str, str], offset: int) -> str:
+    query = urlencode({**params, "_offset": str(offset)})
+    return f"{request.url.remove_query_params(list(request.query_params.keys()))}?{query}"
+
+
+@router.get("/{notification_id}", name="read_communication")
+async def read(
+    notification_id: str,
+    principal: Principal = Depends(current_principal),
+    session: AsyncSession = Depends(get_session),
+    hub: Hub = Depends(get_hub),
+) -> JSONResponse:
+    notification, event = await service.get(session, principal, notification_id)
+    return JSONResponse(
+        to_communication(notification, event, ZoneInfo(hub.settings.timezone)), media_type=FHIR_JSON
+    )
+
+
+@router.post("/{notification_id}/$read")
+async def mark_read(
+    notification_id: str,
+    principal: Principal = Depends(current_principal),
+    session: AsyncSession = Depends(get_session),
+    hub: Hub = Depends(get_hub),
+) -> JSONResponse:
+    notification, event = await service.mark_read(session, principal, notification_id)
+    return JSONResponse(
+        to_communication(notification, event, ZoneInfo(hub.settings.timezone)), media_type=FHIR_JSON
+    )
+
+
+@router.post("/{notification_id}/$acknowledge")
+async def acknowledge(
+    notification_id: str,
+    principal: Principal = Depends(current_principal),
+    session: AsyncSession = Depends(get_session),
+    hub: Hub = Depends(get_hub),
+) -> JSONResponse:
+    notification, event = await service.acknowledge(session, principal, notification_id)
+    return JSONResponse(
+        to_communication(notification, event, ZoneInfo(hub.settings.timezone)), media_type=FHIR_JSON
+    )

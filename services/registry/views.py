@@ -1,0 +1,218 @@
+"""Registry FHIR REST: read, search, create and update-as-create for the six registry types.
+
+Routes are registered per type with literal paths (``/fhir/Patient/{id}``, ...) rather than one
+``/fhir/{type}`` pattern, so they can never shadow ``/fhir/metadata``, ``/fhir/Communication`` or
+``/fhir/$process-message`` whatever the order routers are included in; an unknown type falls
+through to the app's 404 OperationOutcome.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Awaitable, Callable
+from email.utils import format_datetime
+from typing import Annotated, Any
+from urllib.parse import urlencode
+
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import JSONResponse
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from renkei.hub import Hub
+from schemas.outcome import InvalidMessage, Issue
+from services.auth.dependencies import current_principal, require_role
+from services.auth.service import Principal, Role
+from services.dependencies import get_hub, get_session
+from services.errors import FHIR_JSON, FhirError
+from services.registry import service
+from services.registry.models import REGISTRY_TYPES, RegistryResource
+
+router = APIRouter(prefix="/fhir")
+
+# Dependencies as types (not call defaults): any authenticated caller may read; only admins write.
+Reader = Annotated[Principal, Depends(current_principal)]
+Admin = Annotated[Principal, Depends(require_role(Role.ADMIN))]
+Session = Annotated[AsyncSession, Depends(get_session)]
+HubDep = Annotated[Hub, Depends(get_hub)]
+
+DEFAULT_COUNT = 50
+MAX_COUNT = 500
+
+
+# --------------------------------------------------------------------------------------------
+# Handlers, one set per resource type
+
+
+def _read_handler(resource_type: str) -> Callable[..., Awaitable[JSONResponse]]:
+    async def read(
+        resource_id: str,
+        _principal: Reader,
+        session: Session,
+    ) -> JSONResponse:
+        row = await service.read(session, resource_type, resource_id)
+        if row is None:
+            raise FhirError(404, "not-found", f"{resource_type} not found", f"{resource_type}.id")
+        return _resource_response(row, 200, location=False)
+
+    return read
+
+
+def _search_handler(resource_type: str) -> Callable[..., Awaitable[JSONResponse]]:
+    async def search(
+        request: Request,
+        _principal: Reader,
+        session: Session,
+    ) -> JSONResponse:
+        params = dict(request.query_params)
+        count = _paging_int(params.pop("_count", None), "_count", DEFAULT_COUNT)
+        count = min(count, MAX_COUNT)  # FHIR lets a server cap _count rather than refuse
+        offset = _paging_int(params.pop("_offset", None), "_offset", 0)
+        total = await service.search_total(session, resource_type, params)
+        rows = await service.search(session, resource_type, params, offset=offset, limit=count)
+        return JSONResponse(
+            _searchset(request, resource_type, params, rows, total, count, offset),
+            media_type=FHIR_JSON,
+        )
+
+    return search
+
+
+def _create_handler(resource_type: str) -> Callable[..., Awaitable[JSONResponse]]:
+    async def create(
+        request: Request,
+        _admin: Admin,
+        session: Session,
+        hub: HubDep,
+    ) -> JSONResponse:
+        body = await _resource_body(request, resource_type, hub.settings.max_message_bytes)
+        row, _created = await service.write(session, resource_type, body)
+        await session.commit()
+        return _resource_response(row, 201, location=True)
+
+    return create
+
+
+def _update_handler(resource_type: str) -> Callable[..., Awaitable[JSONResponse]]:
+    async def update(
+        resource_id: str,
+        request: Request,
+        _admin: Admin,
+        session: Session,
+        hub: HubDep,
+    ) -> JSONResponse:
+        body = await _resource_body(request, resource_type, hub.settings.max_message_bytes)
+        row, created = await service.write(session, resource_type, body, resource_id)
+        await session.commit()
+        return _resource_response(row, 201 if created else 200, location=True)
+
+    return update
+
+
+for _type in REGISTRY_TYPES:
+    router.add_api_route(
+        f"/{_type}/{{resource_id}}", _read_handler(_type), methods=["GET"], name=f"read-{_type}"
+    )
+    router.add_api_route(
+        f"/{_type}", _search_handler(_type), methods=["GET"], name=f"search-{_type}"
+    )
+    router.add_api_route(
+        f"/{_type}", _create_handler(_type), methods=["POST"], name=f"create-{_type}"
+    )
+    router.add_api_route(
+        f"/{_type}/{{resource_id}}", _update_handler(_type), methods=["PUT"], name=f"update-{_type}"
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# Request bodies
+
+
+async def _resource_body(request: Request, resource_type: str, limit: int) -> dict[str, Any]:
+    """The JSON object of a create/update, checked far enough to hand to the service."""
+    raw = await _read_limited(request, limit)
+    try:
+        body = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        # No position or excerpt: the parser's message would quote the input.
+        raise _invalid("structure", "the body is not valid JSON", None) from None
+    if not isinstance(body, dict):
+        raise _invalid("structure", "the body must be a JSON object (a FHIR resource)", None)
+    if body.get("resourceType") != resource_type:
+        raise _invalid(
+            "invalid", f"resourceType must be {resource_type} at this URL", "resourceType"
+        )
+    return body
+
+
+async def _read_limited(request: Request, limit: int) -> bytes:
+    """The body, refused with 413 as soon as it passes the limit (not after buffering it all)."""
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > limit:
+        raise FhirError(413, "too-costly", f"the body is larger than {limit} bytes")
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            raise FhirError(413, "too-costly", f"the body is larger than {limit} bytes")
+    return bytes(body)
+
+
+def _invalid(code: str, diagnostics: str, expression: str | None) -> InvalidMessage:
+    return InvalidMessage([Issue("error", code, diagnostics, expression)])
+
+
+def _paging_int(value: str | None, name: str, default: int) -> int:
+    if value is None:
+        return default
+    if not value.isdigit():
+        raise _invalid("invalid", f"{name} must be a non-negative integer", name)
+    return int(value)
+
+
+# --------------------------------------------------------------------------------------------
+# Responses
+
+
+def _resource_response(row: RegistryResource, status: int, *, location: bool) -> JSONResponse:
+    headers = {
+        "ETag": f'W/"{row.version_id}"',
+        "Last-Modified": format_datetime(row.last_updated, usegmt=True),
+    }
+    if location:
+        headers["Location"] = f"/fhir/{row.resource_type}/{row.id}/_history/{row.version_id}"
+    return JSONResponse(row.body, status_code=status, media_type=FHIR_JSON, headers=headers)
+
+
+def _searchset(
+    request: Request,
+    resource_type: str,
+    params: dict[str, str],
+    rows: list[RegistryResource],
+    total: int,
+    count: int,
+    offset: int,
+) -> dict[str, Any]:
+    base = f"{str(request.base_url).rstrip('/')}/fhir/{resource_type}"
+
+    def page(at: int) -> str:
+        return f"{base}?{urlencode({**params, '_count': count, '_offset': at})}"
+
+    links = [{"relation": "self", "url": page(offset)}]
+    if count and offset + count < total:
+        links.append({"relation": "next", "url": page(offset + count)})
+    if offset > 0:
+        links.append({"relation": "previous", "url": page(max(offset - count, 0))})
+    return {
+        "resourceType": "Bundle",
+        "type": "searchset",
+        "total": total,
+        "link": links,
+        "entry": [
+            {
+                "fullUrl": f"{str(request.base_url).rstrip('/')}/fhir/{row.resource_type}/{row.id}",
+                "resource": row.body,
+                "search": {"mode": "match"},
+            }
+            for row in rows
+        ],
+    }

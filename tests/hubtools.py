@@ -1,0 +1,92 @@
+"""Helpers for tests that drive a whole hub: load the region, post messages, wait for routing."""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import uuid
+from typing import Any
+
+from sqlalchemy import func, select
+
+from consumers.routing.models import SuppressedDelivery
+from renkei.hub import Hub
+from schemas.events import EventType
+from services.auth.service import Role, issue_token
+from services.demo_region import PATIENT_ID_SYSTEM, PATIENTS, region_resources, sample_message
+from services.intake.models import Event
+from services.notifications.models import Notification
+from services.registry import service as registry
+
+HOSPITAL = "misawa-general-hospital"
+
+
+async def load_region(hub: Hub) -> None:
+    """The demo region, written through the registry service (the views are tested apart)."""
+    async with hub.sessions() as session:
+        for resource in region_resources():
+            await registry.write(session, resource["resourceType"], resource, resource["id"])
+        await session.commit()
+
+
+def headers(hub: Hub, org_id: str, role: str = "system", practitioner: str | None = None) -> dict:
+    token = issue_token(hub.settings.keys_dir, org_id, Role(role), practitioner)
+    return {"Authorization": f"Bearer {token}", "Content-Type": "application/fhir+json"}
+
+
+def message(event: EventType, patient_id: str = "p01", message_id: str | None = None) -> dict:
+    """The contract's sample for ``event``, about a region patient, with a fresh header id."""
+    bundle = copy.deepcopy(sample_message(event))
+    bundle["entry"][0]["resource"]["id"] = message_id or f"mh-{uuid.uuid4().hex}"
+    hospital_no = next(row[6] for row in PATIENTS if row[0] == patient_id)
+    for entry in bundle["entry"]:
+        if entry["resource"]["resourceType"] == "Patient":
+            entry["resource"]["identifier"] = [
+                {"system": f"{PATIENT_ID_SYSTEM}1310000001", "value": hospital_no}
+            ]
+    return bundle
+
+
+def sender_of(bundle: dict) -> str:
+    return bundle["entry"][0]["resource"]["sender"]["reference"].removeprefix("Organization/")
+
+
+async def wait_routed(hub: Hub, event_ids: list[str], timeout: float = 30.0) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        async with hub.sessions() as session:
+            pending = await session.scalar(
+                select(func.count())
+                .select_from(Event)
+                .where(Event.id.in_(event_ids), Event.routed_at.is_(None))
+            )
+        if pending == 0:
+            return
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"{pending} of {len(event_ids)} events not routed in {timeout}s")
+        await asyncio.sleep(0.05)
+
+
+async def notifications_of(hub: Hub, event_id: str) -> dict[str, Any]:
+    """recipient reference -> priority, for one event (read from the database)."""
+    async with hub.sessions() as session:
+        rows = await session.execute(
+            select(Notification.recipient, Notification.priority).where(
+                Notification.event_id == event_id
+            )
+        )
+        return {r.recipient: r.priority for r in rows}
+
+
+async def suppressed_of(hub: Hub, event_id: str) -> dict[str, str]:
+    async with hub.sessions() as session:
+        rows = await session.execute(
+            select(SuppressedDelivery.recipient, SuppressedDelivery.reason).where(
+                SuppressedDelivery.event_id == event_id
+            )
+        )
+        return {r.recipient: r.reason for r in rows}
+
+
+def event_id_of(outcome: dict) -> str:
+    return outcome["issue"][0]["details"]["coding"][0]["code"]

@@ -1,0 +1,71 @@
+"""``make test``: the whole suite, leg by leg (engine x database), with a summary per leg.
+
+Leg 1 runs everything on Tansu + SQLite, pure tests included; the other legs rerun the tests
+that touch a broker or a database on PostgreSQL and on Apache Kafka. The Apache Kafka legs
+need Java and Maven; without them this prints one line saying so instead of skipping silently.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+
+LEGS = [
+    # (engine, database, pure tests too)
+    ("tansu", "sqlite", True),
+    ("tansu", "postgresql", False),
+    ("kafka", "postgresql", False),
+    ("kafka", "sqlite", False),
+]
+
+
+def java_and_maven() -> bool:
+    return shutil.which("java") is not None and shutil.which("mvn") is not None
+
+
+def run_leg(engine: str, database: str, pure: bool, extra: list[str]) -> tuple[int, str, float]:
+    env = dict(os.environ)
+    env.update(
+        RENKEI_TEST_ENGINE=engine,
+        RENKEI_TEST_DATABASE=database,
+        RENKEI_TEST_PURE="1" if pure else "0",
+    )
+    command = [sys.executable, "-m", "pytest", "-q", "-m", "not faults", "-p", "no:cacheprovider"]
+    print(f"\n=== leg: engine={engine} database={database} ===", flush=True)
+    started = time.monotonic()
+    process = subprocess.Popen(
+        command + extra, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    summary = ""
+    assert process.stdout is not None
+    for line in process.stdout:
+        sys.stdout.write(line)
+        if re.search(r"\d+ (passed|failed|error)", line):
+            summary = line.strip().strip("=").strip()
+    return process.wait(), summary, time.monotonic() - started
+
+
+def main() -> int:
+    extra = sys.argv[1:]
+    legs = LEGS
+    if not java_and_maven():
+        print("Apache Kafka legs did not run: java and mvn are not both on PATH")
+        legs = [leg for leg in LEGS if leg[0] != "kafka"]
+    results = []
+    for engine, database, pure in legs:
+        code, summary, seconds = run_leg(engine, database, pure, extra)
+        results.append((engine, database, code, summary, seconds))
+    print("\n=== legs ===")
+    worst = 0
+    for engine, database, code, summary, seconds in results:
+        print(f"engine={engine:6} database={database:10} {seconds:6.0f}s  {summary or 'no summary'}")
+        worst = worst or code
+    return worst
+
+
+if __name__ == "__main__":
+    sys.exit(main())
