@@ -213,8 +213,9 @@ class Broker:
             isolation_level="read_committed"
             if self.info.idempotent_producer
             else "read_uncommitted",
-            session_timeout_ms=10000,
-            heartbeat_interval_ms=1000,
+            session_timeout_ms=self.settings.consumer_session_timeout_ms,
+            heartbeat_interval_ms=max(self.settings.consumer_session_timeout_ms // 5, 100),
+            fetch_max_wait_ms=self.settings.consumer_fetch_max_wait_ms,
             metadata_max_age_ms=5000,
         )
         options.update(overrides)

@@ -47,6 +47,12 @@ class Settings(BaseSettings):
     relay_backoff_max_seconds: float = 5.0
 
     router_group_id: str = "renkei-router"
+    # Tansu answers a group join after about half the session timeout; Apache Kafka's default
+    # floor (group.min.session.timeout.ms) is 6 s.
+    consumer_session_timeout_ms: int = 10000
+    # How long the broker may hold a fetch with no data: the floor of POST->notification latency
+    # on an idle hub (Tansu waits the whole time).
+    consumer_fetch_max_wait_ms: int = 50
     # Routing table override: a JSON file of {event: {care-team-role: priority}}.
     routing_file: Path | None = None
     # Opt-in (Japanese default): no active Consent, no sharing. A region may choose opt-out.

@@ -51,8 +51,8 @@ def sender_of(bundle: dict) -> str:
     return bundle["entry"][0]["resource"]["sender"]["reference"].removeprefix("Organization/")
 
 
-async def wait_routed(hub: Hub, event_ids: list[str], timeout: float = 30.0) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout
+async def wait_routed(hub: Hub, event_ids: list[str], within: float = 30.0) -> None:
+    deadline = asyncio.get_running_loop().time() + within
     while True:
         async with hub.sessions() as session:
             pending = await session.scalar(
@@ -63,7 +63,7 @@ async def wait_routed(hub: Hub, event_ids: list[str], timeout: float = 30.0) -> 
         if pending == 0:
             return
         if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError(f"{pending} of {len(event_ids)} events not routed in {timeout}s")
+            raise AssertionError(f"{pending} of {len(event_ids)} events not routed in {within}s")
         await asyncio.sleep(0.05)
 
 

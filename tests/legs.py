@@ -62,7 +62,9 @@ def main() -> int:
     print("\n=== legs ===")
     worst = 0
     for engine, database, code, summary, seconds in results:
-        print(f"engine={engine:6} database={database:10} {seconds:6.0f}s  {summary or 'no summary'}")
+        print(
+            f"engine={engine:6} database={database:10} {seconds:6.0f}s  {summary or 'no summary'}"
+        )
         worst = worst or code
     return worst
 

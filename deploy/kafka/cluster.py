@@ -31,7 +31,6 @@ import tempfile
 import threading
 import time
 import uuid
-import weakref
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -274,8 +273,9 @@ def _probe_metadata(port: int, timeout: float = 2.0) -> _MetadataView:
 # ---------------------------------------------------------------------------------------
 
 # Clusters still running when the interpreter exits are stopped, so a test run that ends
-# without calling stop() does not leave JVMs behind.
-_LIVE: weakref.WeakSet[KafkaCluster] = weakref.WeakSet()
+# without calling stop() does not leave JVMs behind. A plain set, not a WeakSet: a cluster
+# object dropped without stop() must still be stopped.
+_LIVE: set[KafkaCluster] = set()
 
 
 @atexit.register
@@ -419,12 +419,19 @@ class KafkaCluster:
         with self._lock:
             node = self._node(node_id)
             if node.alive():
-                raise KafkaClusterError(f"node {node_id} is still running (pid {node.proc.pid})")
+                raise KafkaClusterError(
+                    f"node {node_id} is still running (pid {self.pid(node_id)})"
+                )
             self._spawn(node)
             self._wait_ready(time.monotonic() + timeout, what=f"restart of node {node_id}")
 
     def pid(self, node_id: int) -> int | None:
-        node = self._node(node_id)
+        """The node's JVM pid while it runs (also while SIGSTOPped), else None."""
+        node = self._nodes.get(node_id)
+        if node is None:
+            if node_id in self.node_ids:
+                return None  # not started yet
+            raise KafkaClusterError(f"no node {node_id} (nodes: {self.node_ids})")
         return node.proc.pid if node.alive() and node.proc is not None else None
 
     def node_dir(self, node_id: int) -> Path:
