@@ -41,6 +41,7 @@ class OutboxRelay:
         broker: Broker,
         settings: Settings,
         relay_id: str | None = None,
+        wakeup: asyncio.Event | None = None,
     ) -> None:
         self.sessions = sessions
         self.broker = broker
@@ -48,6 +49,7 @@ class OutboxRelay:
         self.relay_id = relay_id or f"relay-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         self._producer: AIOKafkaProducer | None = None
         self._last_redrive = 0.0
+        self._wakeup = wakeup or asyncio.Event()
 
     async def run(self) -> None:
         failures = 0
@@ -58,7 +60,7 @@ class OutboxRelay:
                     await self.maybe_redrive()
                     failures = 0
                     if sent == 0:
-                        await asyncio.sleep(self.settings.relay_poll_seconds)
+                        await self._idle()
                 except (KafkaError, OSError) as error:
                     failures += 1
                     delay = min(self.settings.relay_backoff_max_seconds, 0.1 * 2**failures)
@@ -71,6 +73,12 @@ class OutboxRelay:
                     await asyncio.sleep(delay * (0.5 + random.random() / 2))
         finally:
             await self._close_producer()
+
+    async def _idle(self) -> None:
+        """Wait for the next poll, or less if this process's intake wrote to the outbox."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._wakeup.wait(), self.settings.relay_poll_seconds)
+        self._wakeup.clear()
 
     async def _ensure_producer(self) -> AIOKafkaProducer:
         if self._producer is None:
@@ -222,4 +230,4 @@ class OutboxRelay:
 
 async def run_relay(hub) -> None:  # noqa: ANN001 - Hub, imported lazily to avoid a cycle
     assert hub.broker is not None
-    await OutboxRelay(hub.sessions, hub.broker, hub.settings).run()
+    await OutboxRelay(hub.sessions, hub.broker, hub.settings, wakeup=hub.outbox_written).run()

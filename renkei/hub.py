@@ -32,6 +32,9 @@ class Hub:
         self.broker: Broker | None = None
         self._embedded = None
         self._tasks: list[asyncio.Task[None]] = []
+        # Set by the intake after it commits an outbox row, so the relay in the same process
+        # publishes at once instead of at its next poll (other processes still poll).
+        self.outbox_written = asyncio.Event()
 
     async def start(self, *, broker: bool = True, workers: bool = True) -> None:
         await asyncio.to_thread(Path(self.settings.data_dir).mkdir, parents=True, exist_ok=True)

@@ -45,7 +45,8 @@ class Router:
         self.zone = ZoneInfo(settings.timezone)
         # Fault injection for tests: called after the database commit, before the offset commit.
         self.after_write = after_write
-        self.routed = 0
+        self.handled = 0  # records taken from Kafka (a redelivery counts again)
+        self.routed = 0  # events this router routed (a redelivery of a routed event does not)
 
     async def run(self) -> None:
         failures = 0
@@ -84,6 +85,7 @@ class Router:
                     await consumer.commit({partition: OffsetAndMetadata(record.offset + 1, "")})
 
     async def handle(self, record: ConsumerRecord, dlq: AIOKafkaProducer) -> None:
+        self.handled += 1
         try:
             envelope = EventEnvelope.from_bytes(record.value)
         except EnvelopeError as error:

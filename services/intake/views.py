@@ -46,6 +46,8 @@ async def process_message(
     raw = await read_limited(request, hub.settings.max_message_bytes)
     message = parse_message(raw)
     result = await service.accept(session, message, principal.org_id)
+    if result.created:
+        hub.outbox_written.set()
     if not result.created:
         text = "この連携メッセージは受付済みです / this message was already accepted"
     elif result.status == "unmatched":
@@ -112,6 +114,7 @@ def _as_message_summary(event: Event) -> dict:
 async def link_unmatched(
     event_id: str,
     request: Request,
+    hub: Hub = Depends(get_hub),
     _admin: Principal = Depends(require_role(Role.ADMIN)),
     session: AsyncSession = Depends(get_session),
 ) -> JSONResponse:
@@ -124,6 +127,7 @@ async def link_unmatched(
     if not reference.startswith("Patient/"):
         raise FhirError(400, "required", "give the registry Patient as Patient/<id>", "patient")
     event = await service.link_patient(session, event_id, reference.removeprefix("Patient/"))
+    hub.outbox_written.set()
     return JSONResponse(
         accepted_outcome(
             event.id, "患者を照合し配信します / patient linked; the event will be routed"
