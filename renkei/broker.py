@@ -24,6 +24,10 @@ from schemas.topics import ALL_TOPICS
 
 log = logging.getLogger(__name__)
 
+# Kafka error codes that mean "ask again shortly": request timed out, coordinator loading or
+# not available, not coordinator, not enough replicas.
+RETRIABLE_ERRORS = frozenset({7, 14, 15, 16, 19, 20})
+
 
 @dataclass(frozen=True)
 class TopicSpec:
@@ -79,8 +83,7 @@ class Broker:
         host, port = parse_bootstrap(self.bootstrap)[0]
         # Plain-text probe only; with TLS/SASL we trust the cluster to be Apache Kafka.
         if self.settings.kafka_security_protocol == "PLAINTEXT":
-            error = await asyncio.to_thread(init_producer_id_error, host, port)
-            idempotent = error == 0
+            idempotent = await self._serves_producer_ids(host, port)
         else:
             idempotent = True
         admin = await self._admin()
@@ -96,6 +99,17 @@ class Broker:
         )
         log.info("broker: engine=%s brokers=%d", self.info.engine, brokers)
         return self.info
+
+    async def _serves_producer_ids(self, host: str, port: int, within: float = 20.0) -> bool:
+        """Ask for a producer id until the answer is final: a fresh Kafka cluster answers
+        "coordinator loading" for a moment; Tansu answers an unknown error every time."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + within
+        while True:
+            error = await asyncio.to_thread(init_producer_id_error, host, port)
+            if error not in RETRIABLE_ERRORS or loop.time() > deadline:
+                return error == 0
+            await asyncio.sleep(0.2)
 
     async def _admin(self) -> AIOKafkaAdminClient:
         admin = AIOKafkaAdminClient(**self.client_options(), request_timeout_ms=15000)
@@ -139,9 +153,28 @@ class Broker:
                     )
                 except TopicAlreadyExistsError:
                     pass  # another hub process created them first
+                await self._wait_until_described(admin, [spec.name for spec in missing])
             return await self._differences(admin, specs)
         finally:
             await admin.close()
+
+    async def _wait_until_described(
+        self, admin: AIOKafkaAdminClient, names: list[str], within: float = 15.0
+    ) -> None:
+        """New topics reach every broker's metadata a moment after CreateTopics answers."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + within
+        while loop.time() < deadline:
+            described = await admin.describe_topics(names)
+            ready = [
+                t for t in described
+                if not t.get("error_code")
+                and t["partitions"]
+                and all(p.get("leader", -1) >= 0 for p in t["partitions"])
+            ]  # fmt: skip
+            if len(ready) == len(names):
+                return
+            await asyncio.sleep(0.1)
 
     async def check_topics(self) -> list[str]:
         admin = await self._admin()

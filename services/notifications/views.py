@@ -24,6 +24,9 @@ router = APIRouter(prefix="/fhir/Communication")
 def _since(value: str | None) -> datetime | None:
     if value is None:
         return None
+    # An unencoded "+09:00" in a query string arrives as " 09:00" (form decoding); an instant
+    # never contains a space, so read it back as the offset sign rather than refusing it.
+    value = value.replace(" ", "+")
     try:
         parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
     except ValueError:

@@ -1,0 +1,1 @@
+"""Failover scenarios on a 3-broker Apache Kafka cluster (``make test-faults``)."""

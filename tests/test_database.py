@@ -1,0 +1,107 @@
+"""Database behaviour the guarantees rest on, on SQLite and on real PostgreSQL."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+
+from sqlalchemy import func, inspect, select
+
+from producers.models import OutboxRecord
+from producers.relay import OutboxRelay
+from renkei.db import insert_ignore, migrate, utcnow
+from renkei.settings import Settings
+from renkei.tables import metadata
+from services.intake.models import Event
+from services.notifications.models import Notification
+
+
+async def test_migrations_create_every_table_and_rerun_cleanly(db_sessions) -> None:
+    async with db_sessions() as session:
+        engine = session.bind
+    async with engine.connect() as connection:
+        tables = await connection.run_sync(lambda c: set(inspect(c).get_table_names()))
+    assert set(metadata.tables) <= tables
+    assert "alembic_version" in tables
+    await migrate(engine)  # at every start: a no-op when current
+
+
+async def _events_with_outbox(sessions, count: int) -> list[str]:
+    ids = []
+    async with sessions() as session:
+        for i in range(count):
+            event_id = str(uuid.uuid4())
+            ids.append(event_id)
+            session.add(
+                Event(
+                    id=event_id,
+                    sender_org_id="org",
+                    message_id=f"m{i}",
+                    event_type="admission",
+                    status="accepted",
+                    patient_id="p",
+                    patient_key="k",
+                    accepted_at=utcnow(),
+                    bundle={},
+                )
+            )
+            await session.flush()
+            session.add(
+                OutboxRecord(
+                    event_id=event_id,
+                    topic="renkei.event.admission",
+                    key=f"k{i % 5}",
+                    value=b"{}",
+                    created_at=utcnow(),
+                )
+            )
+        await session.commit()
+    return ids
+
+
+async def test_two_relays_never_claim_the_same_row(db_sessions) -> None:
+    await _events_with_outbox(db_sessions, 450)
+    settings = Settings(relay_claim_seconds=60)
+    relays = [OutboxRelay(db_sessions, None, settings, relay_id=f"relay-{n}") for n in range(2)]  # type: ignore[arg-type]
+
+    async def claim_all(relay: OutboxRelay) -> list[int]:
+        claimed: list[int] = []
+        while rows := await relay.claim():
+            claimed += [row.id for row in rows]
+        return claimed
+
+    first, second = await asyncio.gather(*(claim_all(r) for r in relays))
+    assert not set(first) & set(second)
+    assert len(first) + len(second) == 450
+
+
+async def test_an_expired_claim_is_taken_over(db_sessions) -> None:
+    await _events_with_outbox(db_sessions, 3)
+    crashed = OutboxRelay(db_sessions, None, Settings(relay_claim_seconds=0.01), relay_id="crashed")  # type: ignore[arg-type]
+    assert len(await crashed.claim()) == 3
+    other = OutboxRelay(db_sessions, None, Settings(relay_claim_seconds=30), relay_id="other")  # type: ignore[arg-type]
+    await asyncio.sleep(0.05)
+    assert len(await other.claim()) == 3
+    assert await other.claim() == []
+
+
+async def test_notification_writes_are_idempotent(db_sessions) -> None:
+    [event_id] = await _events_with_outbox(db_sessions, 1)
+    row = {
+        "event_id": event_id, "recipient": "Organization/a", "recipient_org_id": "a",
+        "care_team_role": "care-manager", "category": "admission", "priority": "urgent",
+        "patient_id": "p", "sent": utcnow(), "due_at": None,
+    }  # fmt: skip
+    for _ in range(3):
+        async with db_sessions() as session:
+            statement = insert_ignore(
+                session,
+                Notification.__table__,
+                [{**row, "id": str(uuid.uuid4())}],
+                ["event_id", "recipient"],
+            )
+            await session.execute(statement)
+            await session.commit()
+    async with db_sessions() as session:
+        count = await session.scalar(select(func.count()).select_from(Notification))
+    assert count == 1
