@@ -18,7 +18,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.errors import TopicAlreadyExistsError
 
-from renkei.kafka_probe import init_producer_id_error, parse_bootstrap
+from renkei.kafka_probe import api_versions, init_producer_id_error, parse_bootstrap
 from renkei.settings import Settings
 from schemas.topics import ALL_TOPICS
 
@@ -62,7 +62,9 @@ class Broker:
             options.update(
                 sasl_mechanism=s.kafka_sasl_mechanism,
                 sasl_plain_username=s.kafka_sasl_username,
-                sasl_plain_password=s.kafka_sasl_password,
+                sasl_plain_password=(
+                    s.kafka_sasl_password.get_secret_value() if s.kafka_sasl_password else None
+                ),
             )
         if s.kafka_security_protocol in ("SSL", "SASL_SSL"):
             from aiokafka.helpers import create_ssl_context
@@ -80,10 +82,9 @@ class Broker:
             log.warning("topic settings differ from the cluster: %s", problem)
 
     async def detect(self) -> BrokerInfo:
-        host, port = parse_bootstrap(self.bootstrap)[0]
         # Plain-text probe only; with TLS/SASL we trust the cluster to be Apache Kafka.
         if self.settings.kafka_security_protocol == "PLAINTEXT":
-            idempotent = await self._serves_producer_ids(host, port)
+            idempotent = await self._serves_producer_ids()
         else:
             idempotent = True
         admin = await self._admin()
@@ -100,13 +101,21 @@ class Broker:
         log.info("broker: engine=%s brokers=%d", self.info.engine, brokers)
         return self.info
 
-    async def _serves_producer_ids(self, host: str, port: int, within: float = 20.0) -> bool:
+    async def _serves_producer_ids(self, within: float = 20.0) -> bool:
         """Ask for a producer id until the answer is final: a fresh Kafka cluster answers
-        "coordinator loading" for a moment; Tansu answers an unknown error every time."""
+        "coordinator loading" for a moment; Tansu answers an unknown error every time. Any
+        bootstrap broker that answers will do."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + within
+        hosts = parse_bootstrap(self.bootstrap)
+        attempt = 0
         while True:
-            error = await asyncio.to_thread(init_producer_id_error, host, port)
+            host, port = hosts[attempt % len(hosts)]
+            attempt += 1
+            try:
+                error = await asyncio.to_thread(init_producer_id_error, host, port)
+            except OSError:
+                error = 7  # that broker is down: try the next
             if error not in RETRIABLE_ERRORS or loop.time() > deadline:
                 return error == 0
             await asyncio.sleep(0.2)
@@ -255,11 +264,19 @@ class Broker:
         return AIOKafkaConsumer(*topics, **self.client_options(), **options)
 
     async def reachable(self) -> bool:
-        host, port = parse_bootstrap(self.bootstrap)[0]
-        try:
-            from renkei.kafka_probe import api_versions
-
-            await asyncio.to_thread(api_versions, host, port, 2.0)
+        """Does any bootstrap broker answer? (One broker down is not a hub that is down.)"""
+        if self.settings.kafka_security_protocol != "PLAINTEXT":
+            # The raw probe speaks plain text only; through TLS/SASL ask with the real client.
+            try:
+                admin = await self._admin()
+            except Exception:  # noqa: BLE001 - unreachable is the answer, not an error
+                return False
+            await admin.close()
             return True
-        except OSError:
-            return False
+        for host, port in parse_bootstrap(self.bootstrap):
+            try:
+                await asyncio.to_thread(api_versions, host, port, 2.0)
+                return True
+            except OSError:
+                continue
+        return False

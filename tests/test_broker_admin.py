@@ -80,3 +80,15 @@ async def test_readyz_is_ready_on_a_healthy_hub(hub) -> None:
     assert response.status_code == 200, response.text
     assert response.json()["checks"]["engine"] == ("apache-kafka" if ENGINE == "kafka" else "tansu")
     assert health.json() == {"status": "ok"}
+
+
+async def test_a_dead_bootstrap_host_is_not_a_dead_cluster(broker, tmp_path, database_url) -> None:
+    from renkei.kafka_probe import free_port
+
+    bootstrap = f"127.0.0.1:{free_port()},{broker.bootstrap}"
+    settings = make_settings(tmp_path, database_url, bootstrap)
+    hub_broker = Broker(settings, bootstrap)
+    assert await hub_broker.reachable()
+    info = await hub_broker.detect()
+    assert info.idempotent_producer is (ENGINE == "kafka")
+    assert not await Broker(settings, f"127.0.0.1:{free_port()}").reachable()

@@ -43,6 +43,7 @@ async def _events_with_outbox(sessions, count: int) -> list[str]:
                     patient_key="k",
                     accepted_at=utcnow(),
                     bundle={},
+                    content_sha256="0" * 64,
                 )
             )
             await session.flush()

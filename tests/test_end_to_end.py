@@ -133,3 +133,21 @@ async def test_repeat_message_is_routed_once(live_api) -> None:
     third = await post(live_api, bundle)
     assert third.status_code == 200 and event_id_of(third.json()) == event_id
     assert len(await notifications_of(hub, event_id)) == len(EXPECTED[EventType.DISCHARGE])
+
+
+async def test_reused_message_id_with_other_content_is_a_conflict(live_api) -> None:
+    hub = live_api.hub
+    await load_region(hub)
+    bundle = message(EventType.ADMISSION)
+    first = await post(live_api, bundle)
+    assert first.status_code == 202
+    # A retry may carry a new Bundle.timestamp: still the same message.
+    retry = {**bundle, "timestamp": "2026-11-20T10:05:00+09:00"}
+    assert (await post(live_api, retry)).status_code == 200
+    # Other content under the same MessageHeader id is refused, not silently dropped.
+    changed = message(EventType.ADMISSION, "p04", message_id=bundle["entry"][0]["resource"]["id"])
+    response = await post(live_api, changed)
+    assert response.status_code == 409
+    issue = response.json()["issue"][0]
+    assert issue["code"] == "conflict"
+    assert issue["expression"] == ["Bundle.entry[0].resource.id"]

@@ -146,6 +146,8 @@ async def test_filters(live_api) -> None:
     assert await ids() == [admission_p04, discharge_p01, admission_p01]
     assert await ids(category="admission") == [admission_p04, admission_p01]
     assert await ids(category="discharge") == [discharge_p01]
+    system_and_code = "https://renkei-hub.example.jp/fhir/CodeSystem/event|discharge"
+    assert await ids(category=system_and_code) == [discharge_p01]
     assert await ids(category="acute-change") == []
     assert await ids(subject="Patient/p01") == [discharge_p01, admission_p01]
     assert await ids(subject="Patient/p04") == [admission_p04]
@@ -173,9 +175,10 @@ async def test_filters(live_api) -> None:
         assert_outcome(response, 400, "value")
         assert response.json()["issue"][0]["expression"] == ["_since"]
 
-    # status follows the receipts: in-progress -> received ($read) -> completed ($acknowledge).
+    # status is FHIR EventStatus: in-progress until $acknowledge (対応済) makes it completed;
+    # $read (既読) sets `received`, searched with the standard `received:missing` modifier.
     assert await ids(status="in-progress") == [admission_p04, discharge_p01, admission_p01]
-    assert await ids(status="received") == []
+    assert await ids(**{"received:missing": "false"}) == []
     read = await live_api.client.post(
         f"{LIST}/{everything[admission_p01]['id']}/$read", headers=nurse
     )
@@ -184,12 +187,19 @@ async def test_filters(live_api) -> None:
         f"{LIST}/{everything[discharge_p01]['id']}/$acknowledge", headers=nurse
     )
     assert ack.status_code == 200
-    assert await ids(status="in-progress") == [admission_p04]
-    assert await ids(status="received") == [admission_p01]
+    assert await ids(status="in-progress") == [admission_p04, admission_p01]
     assert await ids(status="completed") == [discharge_p01]
-    assert await ids(status="received,completed") == [discharge_p01, admission_p01]
-    response = await live_api.client.get(LIST, params={"status": "done"}, headers=nurse)
-    assert_outcome(response, 400, "value")
+    assert await ids(status="in-progress,completed") == [
+        admission_p04,
+        discharge_p01,
+        admission_p01,
+    ]
+    assert await ids(**{"received:missing": "false"}) == [discharge_p01, admission_p01]
+    assert await ids(**{"received:missing": "true"}) == [admission_p04]
+    assert await ids(status="in-progress", **{"received:missing": "false"}) == [admission_p01]
+    for bad in ({"status": "done"}, {"status": "received"}, {"received:missing": "maybe"}):
+        response = await live_api.client.get(LIST, params=bad, headers=nurse)
+        assert_outcome(response, 400, "value")
 
 
 async def test_paging_with_count_offset_and_next_link(live_api) -> None:
@@ -242,13 +252,13 @@ async def test_read_and_acknowledge_are_idempotent(live_api) -> None:
     first = await live_api.client.post(f"{LIST}/{admission['id']}/$read", headers=nurse)
     assert first.status_code == 200, first.text
     read = first.json()
-    assert read["status"] == "received"
+    assert read["status"] == "in-progress"
     received = instant(read["received"])
     assert received >= instant(read["sent"])
     again = (await live_api.client.post(f"{LIST}/{admission['id']}/$read", headers=nurse)).json()
     assert again["received"] == read["received"]
     assert again["meta"]["lastUpdated"] == read["meta"]["lastUpdated"]
-    assert again["status"] == "received"
+    assert again["status"] == "in-progress"
 
     ack = (
         await live_api.client.post(f"{LIST}/{admission['id']}/$acknowledge", headers=nurse)

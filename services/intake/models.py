@@ -35,3 +35,5 @@ class Event(Base):
     # routed, not when the broker acknowledged it (the relay republishes until this is set).
     routed_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     bundle: Mapped[dict] = mapped_column(JSONDocument)
+    # Tells a true repeat (same content) from a reused MessageHeader id (different content).
+    content_sha256: Mapped[str] = mapped_column(String(64))

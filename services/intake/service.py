@@ -6,6 +6,8 @@ The event row and its outbox row are written in one transaction, so an event the
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import uuid
 from dataclasses import dataclass
@@ -25,6 +27,14 @@ from services.intake.models import STATUS_ACCEPTED, STATUS_UNMATCHED, Event
 from services.registry import service as registry
 
 log = logging.getLogger(__name__)
+
+
+def content_digest(bundle: dict) -> str:
+    """The message's content, without what a sender may change when it retries the same
+    message (Bundle.id, meta, timestamp)."""
+    content = {k: v for k, v in bundle.items() if k not in ("id", "meta", "timestamp")}
+    canonical = json.dumps(content, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()
 
 
 @dataclass(frozen=True)
@@ -49,7 +59,8 @@ async def accept(session: AsyncSession, message: ParsedMessage, caller_org_id: s
             "MessageHeader.sender is not an Organization known to the registry",
             "Bundle.entry[0].resource.sender",
         )
-    repeat = await _existing(session, message)
+    digest = content_digest(message.bundle)
+    repeat = await _existing(session, message, digest)
     if repeat is not None:
         return repeat
 
@@ -66,6 +77,7 @@ async def accept(session: AsyncSession, message: ParsedMessage, caller_org_id: s
         occurred_at=message.occurred_at,
         accepted_at=now,
         bundle=message.bundle,
+        content_sha256=digest,
     )
     session.add(event)
     if patient_id is not None:
@@ -75,7 +87,7 @@ async def accept(session: AsyncSession, message: ParsedMessage, caller_org_id: s
     except IntegrityError:
         # The same message raced in on another connection: answer as the repeat it is.
         await session.rollback()
-        repeat = await _existing(session, message)
+        repeat = await _existing(session, message, digest)
         if repeat is None:
             raise
         return repeat
@@ -84,16 +96,28 @@ async def accept(session: AsyncSession, message: ParsedMessage, caller_org_id: s
     return IntakeResult(event.id, True, event.status)
 
 
-async def _existing(session: AsyncSession, message: ParsedMessage) -> IntakeResult | None:
+async def _existing(
+    session: AsyncSession, message: ParsedMessage, digest: str
+) -> IntakeResult | None:
     row = (
         await session.execute(
-            select(Event.id, Event.status).where(
+            select(Event.id, Event.status, Event.content_sha256).where(
                 Event.sender_org_id == message.sender_org_id,
                 Event.message_id == message.message_id,
             )
         )
     ).first()
-    return IntakeResult(row.id, False, row.status) if row else None
+    if row is None:
+        return None
+    if row.content_sha256 != digest:
+        raise FhirError(
+            409,
+            "conflict",
+            "this sender already used this MessageHeader.id for a different message; "
+            "a new message needs a new id",
+            "Bundle.entry[0].resource.id",
+        )
+    return IntakeResult(row.id, False, row.status)
 
 
 async def _enqueue(session: AsyncSession, event: Event, patient_id: str) -> None:

@@ -15,12 +15,11 @@ STATUS_EXTENSION = "https://renkei-hub.example.jp/fhir/StructureDefinition"
 
 
 def status_of(notification: Notification) -> str:
-    """in-progress: not yet read; received: 既読; completed: 対応済."""
-    if notification.acknowledged_at is not None:
-        return "completed"
-    if notification.read_at is not None:
-        return "received"
-    return "in-progress"
+    """FHIR EventStatus: in-progress until acknowledged (対応済), then completed.
+
+    既読 is not a status in R4 (EventStatus has no "received"): it is ``Communication.received``.
+    """
+    return "completed" if notification.acknowledged_at is not None else "in-progress"
 
 
 def _patient_name(event: Event) -> str:

@@ -33,7 +33,8 @@ async def audience(session: AsyncSession, principal: Principal) -> list[str]:
 
 @dataclass(frozen=True)
 class NotificationFilter:
-    status: str | None = None  # "in-progress" (unread), "received" (read), "completed" (ack'd)
+    status: str | None = None  # "in-progress" (not yet acknowledged) or "completed" (対応済)
+    received_missing: bool | None = None  # True: not yet read (既読 not set); False: read
     category: str | None = None
     subject: str | None = None  # Patient id
     since: datetime | None = None
@@ -51,11 +52,9 @@ def _visible(references: list[str], org_id: str) -> Select:
 def _status_clause(status: str):
     if status == "completed":
         return Notification.acknowledged_at.is_not(None)
-    if status == "received":
-        return (Notification.read_at.is_not(None)) & Notification.acknowledged_at.is_(None)
     if status == "in-progress":
-        return Notification.read_at.is_(None) & Notification.acknowledged_at.is_(None)
-    raise FhirError(400, "value", "status must be in-progress, received or completed", "status")
+        return Notification.acknowledged_at.is_(None)
+    raise FhirError(400, "value", "status must be in-progress or completed", "status")
 
 
 async def search(
@@ -69,6 +68,13 @@ async def search(
     query = _visible(references, principal.org_id)
     if filters.status:
         query = query.where(or_(*[_status_clause(s) for s in filters.status.split(",")]))
+    if filters.received_missing is not None:
+        read = (
+            Notification.read_at.is_(None)
+            if filters.received_missing
+            else Notification.read_at.is_not(None)
+        )
+        query = query.where(read)
     if filters.category:
         query = query.where(Notification.category.in_(filters.category.split(",")))
     if filters.priority:

@@ -36,6 +36,21 @@ def _since(value: str | None) -> datetime | None:
     return parsed
 
 
+def _boolean(value: str | None, name: str) -> bool | None:
+    if value is None:
+        return None
+    if value not in ("true", "false"):
+        raise FhirError(400, "value", f"{name} must be true or false", name)
+    return value == "true"
+
+
+def _codes(value: str | None) -> str | None:
+    """Token search values may carry a system (``system|code``); the code is what we store."""
+    if value is None:
+        return None
+    return ",".join(item.rpartition("|")[2] for item in value.split(","))
+
+
 @router.get("")
 async def search(
     request: Request,
@@ -44,13 +59,21 @@ async def search(
     subject: str | None = None,
     priority: str | None = None,
     since: str | None = Query(None, alias="_since"),
+    received_missing: str | None = Query(None, alias="received:missing"),
     count: int = Query(20, alias="_count", ge=1, le=200),
     offset: int = Query(0, alias="_offset", ge=0),
     principal: Principal = Depends(current_principal),
     session: AsyncSession = Depends(get_session),
     hub: Hub = Depends(get_hub),
 ) -> JSONResponse:
-    filters = service.NotificationFilter(status, category, subject, _since(since), priority)
+    filters = service.NotificationFilter(
+        status=status,
+        category=_codes(category),
+        subject=subject,
+        since=_since(since),
+        priority=priority,
+        received_missing=_boolean(received_missing, "received:missing"),
+    )
     rows, total = await service.search(session, principal, filters, count, offset)
     zone = ZoneInfo(hub.settings.timezone)
     params = {k: v for k, v in request.query_params.items() if k not in ("_offset",)}

@@ -32,6 +32,7 @@ class ScenarioResult:
     drain_seconds: float = 0.0  # after posting stopped, until everything was routed
     duration: float = 0.0  # the posting window, seconds
     timeline: list[str] = field(default_factory=list)
+    details: list[str] = field(default_factory=list)
     warnings: Counter = field(default_factory=Counter)
     evidence: list[str] = field(default_factory=list)
 
@@ -72,6 +73,9 @@ def render(results: list[ScenarioResult], setup: str) -> str:
     for r in results:
         lines += [f"## {r.scenario}", "", f"Fault: {r.fault}", "", "Timeline (posting clock):", ""]
         lines += [f"- {entry}" for entry in r.timeline]
+        if r.details:
+            lines += ["", "Where the time went:", ""]
+            lines += [f"- {entry}" for entry in r.details]
         if r.warnings:
             lines += ["", "Hub warnings during the scenario:", ""]
             lines += [f"- {count} x {text}" for text, count in r.warnings.most_common()]

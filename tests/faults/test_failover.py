@@ -28,6 +28,7 @@ import time
 from collections import Counter, defaultdict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 
 import httpx
 import pytest
@@ -36,6 +37,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 from sqlalchemy import func, select
 
 from deploy.kafka.cluster import KafkaCluster
+from producers.models import OutboxRecord
 from renkei.hub import Hub
 from schemas.envelope import HEADER_EVENT_ID
 from schemas.events import EventType
@@ -95,7 +97,12 @@ class Clock:
     def __init__(self, scenario: str) -> None:
         self.scenario = scenario
         self.t0 = time.monotonic()
+        self.wall0 = datetime.now(UTC)
         self.timeline: list[str] = []
+
+    def at(self, moment: datetime) -> float:
+        """A database timestamp on the scenario clock."""
+        return (moment - self.wall0).total_seconds()
 
     def now(self) -> float:
         return time.monotonic() - self.t0
@@ -310,12 +317,13 @@ async def leadership(cluster: KafkaCluster, hub: Hub) -> str:
     )
 
 
-async def kafka_copies(hub: Hub, cluster: KafkaCluster) -> tuple[dict, int]:
-    """(topic, key) -> event ids in offset order, and the number of records read."""
+async def kafka_copies(hub: Hub, cluster: KafkaCluster) -> tuple[dict, dict[str, float]]:
+    """(topic, partition, key) -> event ids in offset order, and each event's first CreateTime
+    (when the relay called send(): splits a delay into before and after the producer)."""
     consumer = AIOKafkaConsumer(bootstrap_servers=cluster.bootstrap, enable_auto_commit=False)
     await consumer.start()
-    copies: dict[tuple[str, bytes], list[str]] = defaultdict(list)
-    total = 0
+    copies: dict[tuple[str, int, bytes], list[str]] = defaultdict(list)
+    created: dict[str, float] = {}  # event id -> CreateTime of its first copy (epoch seconds)
     try:
         tps = [
             TopicPartition(topic, p)
@@ -332,12 +340,12 @@ async def kafka_copies(hub: Hub, cluster: KafkaCluster) -> tuple[dict, int]:
             batches = await consumer.getmany(timeout_ms=500, max_records=1000)
             for tp, records in batches.items():
                 for record in records:
-                    total += 1
                     event_id = dict(record.headers).get(HEADER_EVENT_ID, b"").decode()
-                    copies[(tp.topic, record.key)].append(event_id)
+                    copies[(tp.topic, tp.partition, record.key)].append(event_id)
+                    created.setdefault(event_id, record.timestamp / 1000)
     finally:
         await consumer.stop()
-    return copies, total
+    return copies, created
 
 
 # -- the checks ----------------------------------------------------------------------------
@@ -399,6 +407,7 @@ async def analyse(
     posts: list[Post],
     baseline: dict[tuple[str, str], frozenset],
     result: report.ScenarioResult,
+    clock: Clock,
 ) -> None:
     accepted = [p for p in posts if p.event_id is not None]
     ids = [p.event_id for p in accepted]
@@ -418,6 +427,16 @@ async def analyse(
                         Event.accepted_at,
                         Event.routed_at,
                     ).where(Event.id.in_(ids))
+                )
+            ).all()
+        }
+        outbox = {
+            row.event_id: row
+            for row in (
+                await session.execute(
+                    select(
+                        OutboxRecord.event_id, OutboxRecord.sent_at, OutboxRecord.attempts
+                    ).where(OutboxRecord.event_id.in_(ids))
                 )
             ).all()
         }
@@ -467,9 +486,12 @@ async def analyse(
 
     # The same on Kafka: the first copy of each event per key, in offset order.
     seq_of = {p.event_id: p.seq for p in accepted}
-    copies, _total = await kafka_copies(hub, cluster)
+    copies, created = await kafka_copies(hub, cluster)
     on_kafka = 0
-    for (topic, _key), event_ids in copies.items():
+    partition_of: dict[str, str] = {}
+    for (topic, partition, _key), event_ids in copies.items():
+        for event_id in event_ids:
+            partition_of.setdefault(event_id, f"{short(topic)}/{partition}")
         seen: set[str] = set()
         firsts = []
         for event_id in event_ids:
@@ -493,8 +515,50 @@ async def analyse(
         result.p50_delay = statistics.median(delays)
         result.longest_delay = max(delays)
     routed_times = sorted(events[i].routed_at for i in ids if i not in unrouted)
-    gaps = [(b - a).total_seconds() for a, b in zip(routed_times, routed_times[1:], strict=False)]
-    result.routing_pause = max(gaps, default=0.0)
+    gaps = [(b - a, a) for a, b in zip(routed_times, routed_times[1:], strict=False)]
+    if gaps:
+        gap, since = max(gaps)
+        result.routing_pause = gap.total_seconds()
+        result.details.append(
+            f"longest routing pause: {gap.total_seconds():.2f}s from t={clock.at(since):.1f}s"
+        )
+    # Where the time went: relay (accepted -> acked by Kafka, marked sent) and router
+    # (sent -> routed), and the longest delay per partition, with the time of its POST.
+    relay = [
+        (outbox[i].sent_at - events[i].accepted_at).total_seconds()
+        for i in ids
+        if i in outbox and outbox[i].sent_at is not None
+    ]
+    router = [
+        (events[i].routed_at - outbox[i].sent_at).total_seconds()
+        for i in ids
+        if i not in unrouted and i in outbox and outbox[i].sent_at is not None
+    ]
+    attempts = max((row.attempts for row in outbox.values()), default=0)
+    result.details.append(
+        f"longest accepted->sent (relay) {max(relay, default=0):.2f}s, "
+        f"longest sent->routed (router) {max(router, default=0):.2f}s, "
+        f"most publish attempts of one row {attempts}"
+    )
+    worst: dict[str, tuple[float, float, float, float]] = {}
+    for p in accepted:
+        if p.event_id in unrouted or p.event_id not in created:
+            continue
+        event = events[p.event_id]
+        delay = (event.routed_at - event.accepted_at).total_seconds()
+        before_send = created[p.event_id] - event.accepted_at.timestamp()
+        after_send = event.routed_at.timestamp() - created[p.event_id]
+        where = partition_of.get(p.event_id, "?")
+        if delay > worst.get(where, (-1.0,))[0]:
+            worst[where] = (delay, p.at, before_send, after_send)
+    result.details.append(
+        "longest delay per partition (POST time; waiting for the relay to call send() + "
+        "send() -> routed): "
+        + "; ".join(
+            f"{k} {d:.1f}s (t={t:.1f}s; {b:.1f}s + {a:.1f}s)"
+            for k, (d, t, b, a) in sorted(worst.items())
+        )
+    )
 
 
 # -- one scenario --------------------------------------------------------------------------
@@ -547,7 +611,7 @@ async def run_scenario(
         accepted = [p.event_id for p in poster.posts if p.event_id]
         result.drain_seconds = await drain(hub, accepted, DRAIN_WITHIN)
         clock.mark(f"drain finished after {result.drain_seconds:.1f}s")
-        await analyse(hub, cluster, poster.posts, baseline, result)
+        await analyse(hub, cluster, poster.posts, baseline, result, clock)
     result.fault = "; ".join(context.fault)
     result.timeline = clock.timeline
     result.warnings = warnings.counts
