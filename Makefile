@@ -28,3 +28,6 @@ lint: $(STAMP)
 
 clean:
 	rm -rf $(VENV) var .pytest_cache
+
+bench: $(STAMP)
+	$(VENV)/bin/python -m tests.benchmarks.latency --events $${EVENTS:-100}

@@ -52,7 +52,7 @@ class Settings(BaseSettings):
     consumer_session_timeout_ms: int = 10000
     # How long the broker may hold a fetch with no data: the floor of POST->notification latency
     # on an idle hub (Tansu waits the whole time).
-    consumer_fetch_max_wait_ms: int = 50
+    consumer_fetch_max_wait_ms: int = 20
     # Routing table override: a JSON file of {event: {care-team-role: priority}}.
     routing_file: Path | None = None
     # Opt-in (Japanese default): no active Consent, no sharing. A region may choose opt-out.

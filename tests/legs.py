@@ -61,12 +61,24 @@ def main() -> int:
         results.append((engine, database, code, summary, seconds))
     print("\n=== legs ===")
     worst = 0
+    passed = failed = 0
     for engine, database, code, summary, seconds in results:
+        passed += _count(summary, "passed")
+        failed += _count(summary, "failed") + _count(summary, "error")
+        if code and not summary:
+            failed += 1  # a leg that crashed before reporting counts as a failure
         print(
             f"engine={engine:6} database={database:10} {seconds:6.0f}s  {summary or 'no summary'}"
         )
         worst = worst or code
+    # The plain closing line CI reads: every leg's tests added up.
+    print(f"{passed} passed, {failed} failed")
     return worst
+
+
+def _count(summary: str, word: str) -> int:
+    match = re.search(rf"(\d+) {word}", summary)
+    return int(match.group(1)) if match else 0
 
 
 if __name__ == "__main__":
