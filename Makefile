@@ -18,7 +18,7 @@ test: $(STAMP)
 	$(VENV)/bin/python -m tests.legs
 
 test-faults: $(STAMP)
-	$(VENV)/bin/python -m pytest -m faults tests/faults -v
+	$(VENV)/bin/python -m pytest -m faults tests/faults -v -s -p no:cacheprovider
 
 kafka: $(STAMP)
 	$(VENV)/bin/python -m deploy.kafka up --nodes $${NODES:-1}

@@ -19,7 +19,7 @@ from collections import defaultdict
 from datetime import timedelta
 
 from aiokafka import AIOKafkaProducer
-from aiokafka.errors import KafkaError
+from aiokafka.errors import KafkaConnectionError, KafkaError
 from sqlalchemy import and_, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -32,6 +32,7 @@ from services.intake.models import Event
 
 log = logging.getLogger(__name__)
 BATCH = 200
+MAX_CHAINS = 500  # patients in flight at once
 
 
 class OutboxRelay:
@@ -50,16 +51,27 @@ class OutboxRelay:
         self._producer: AIOKafkaProducer | None = None
         self._last_redrive = 0.0
         self._wakeup = wakeup or asyncio.Event()
+        # One task per patient key in flight: a patient whose partition has no leader (or a
+        # frozen broker) waits alone while every other patient's events go on.
+        self._chains: dict[str, asyncio.Task[None]] = {}
+        self._not_before: dict[str, float] = {}  # key -> loop time of its next try
+        self._sent: list[int] = []
+        self._unsent: list[int] = []
+        self._failed_chains = 0  # chains failed since the last successful send
+        self._last_error: BaseException | None = None
 
     async def run(self) -> None:
         failures = 0
         try:
             while True:
                 try:
-                    sent = await self.publish_pending()
+                    claimed = await self.publish_pending()
+                    await self._settle()
                     await self.maybe_redrive()
+                    if self._stalled():
+                        raise self._last_error or KafkaConnectionError()
                     failures = 0
-                    if sent == 0:
+                    if claimed == 0:
                         await self._idle()
                 except (KafkaError, OSError) as error:
                     failures += 1
@@ -69,10 +81,16 @@ class OutboxRelay:
                         type(error).__name__,
                         delay,
                     )
-                    await self._close_producer()
+                    await self._reset_producer()
                     await asyncio.sleep(delay * (0.5 + random.random() / 2))
         finally:
-            await self._close_producer()
+            # Hand back what is not sent, so another relay need not wait for the claims to expire.
+            with contextlib.suppress(Exception):
+                await self._reset_producer()
+
+    def _stalled(self) -> bool:
+        """Every send has failed since the last success: the broker, not one partition."""
+        return self._failed_chains >= 2 and not self._chains
 
     async def _idle(self) -> None:
         """Wait for the next poll, or less if this process's intake wrote to the outbox."""
@@ -100,13 +118,19 @@ class OutboxRelay:
             with contextlib.suppress(Exception):
                 await producer.stop()
 
-    async def claim(self) -> list[OutboxRecord]:
-        """Claim up to BATCH unsent rows; a claim expires so a crashed relay's rows come back."""
+    async def claim(self, exclude_keys: set[str] | None = None) -> list[OutboxRecord]:
+        """Claim up to BATCH unsent rows; a claim expires so a crashed relay's rows come back.
+
+        ``exclude_keys``: patients this relay still has in flight or backing off (their later
+        rows wait, so one patient's events stay in order)."""
         now = utcnow()
         free = or_(OutboxRecord.claimed_until.is_(None), OutboxRecord.claimed_until < now)
+        pending = [OutboxRecord.sent_at.is_(None), free]
+        if exclude_keys:
+            pending.append(OutboxRecord.key.not_in(exclude_keys))
         candidates = (
             select(OutboxRecord.id)
-            .where(OutboxRecord.sent_at.is_(None), free)
+            .where(*pending)
             .order_by(OutboxRecord.id)
             .limit(BATCH)
             .scalar_subquery()
@@ -135,42 +159,62 @@ class OutboxRelay:
             return list(rows)
 
     async def publish_pending(self) -> int:
-        rows = await self.claim()
+        """Claim rows of patients with nothing in flight and start one send chain per patient."""
+        in_flight = sum(1 for task in self._chains.values() if not task.done())
+        if in_flight >= MAX_CHAINS:
+            return 0
+        now = asyncio.get_running_loop().time()
+        self._not_before = {k: t for k, t in self._not_before.items() if t > now}
+        rows = await self.claim(exclude_keys=set(self._chains) | set(self._not_before))
         if not rows:
             return 0
         producer = await self._ensure_producer()
         by_key: dict[str, list[OutboxRecord]] = defaultdict(list)
         for row in rows:
             by_key[row.key].append(row)
-        results = await asyncio.gather(
-            *(self._publish_in_order(producer, chain) for chain in by_key.values()),
-            return_exceptions=True,
-        )
-        sent = [row_id for result in results if isinstance(result, list) for row_id in result]
-        await self._mark_sent(sent)
-        await self._release([row.id for row in rows if row.id not in set(sent)])
-        errors = [result for result in results if isinstance(result, BaseException)]
-        if errors:
-            raise errors[0]
-        return len(sent)
+        for key, chain in by_key.items():
+            self._chains[key] = asyncio.create_task(self._publish_chain(producer, key, chain))
+        return len(rows)
 
-    async def _publish_in_order(
-        self, producer: AIOKafkaProducer, chain: list[OutboxRecord]
-    ) -> list[int]:
+    async def _publish_chain(
+        self, producer: AIOKafkaProducer, key: str, chain: list[OutboxRecord]
+    ) -> None:
         """One patient's rows, one after the other: a later event never overtakes an earlier one."""
-        done: list[int] = []
+        remaining = [row.id for row in chain]
         try:
             for row in chain:
                 headers = EventEnvelope.from_bytes(row.value).headers()
                 await producer.send_and_wait(
                     self.settings.topic(row.topic), row.value, key=row.key.encode(), headers=headers
                 )
-                done.append(row.id)
-        except KafkaError as error:
-            if done:
-                await self._mark_sent(done)
-            raise error
-        return done
+                self._sent.append(row.id)
+                remaining.remove(row.id)
+                self._failed_chains = 0
+        except (KafkaError, OSError) as error:
+            self._failed_chains += 1
+            self._last_error = error
+            backoff = min(self.settings.relay_backoff_max_seconds, 0.5)
+            self._not_before[key] = asyncio.get_running_loop().time() + backoff
+        finally:
+            self._unsent.extend(remaining)
+            del self._chains[key]
+            self._wakeup.set()
+
+    async def _settle(self) -> None:
+        """Record what the chains finished: sent rows marked, failed ones released to retry."""
+        sent, self._sent = self._sent, []
+        unsent, self._unsent = self._unsent, []
+        await self._mark_sent(sent)
+        await self._release(unsent)
+
+    async def _reset_producer(self) -> None:
+        """After a broker-wide failure: end the chains, settle them, start over."""
+        for task in list(self._chains.values()):
+            task.cancel()
+        await asyncio.gather(*self._chains.values(), return_exceptions=True)
+        await self._settle()
+        self._failed_chains = 0
+        await self._close_producer()
 
     async def _mark_sent(self, row_ids: list[int]) -> None:
         if not row_ids:

@@ -95,7 +95,8 @@ def main() -> int:
             hub.terminate()
             hub.wait(timeout=30)
     engine = "apache-kafka" if os.environ.get("RENKEI_KAFKA_BOOTSTRAP") else "tansu (embedded)"
-    database = "postgresql" if "postgresql" in os.environ.get("RENKEI_DATABASE_URL", "") else "sqlite"
+    url = os.environ.get("RENKEI_DATABASE_URL", "")
+    database = "postgresql" if "postgresql" in url else "sqlite"
     ms = [t * 1000 for t in timings]
     print(f"POST -> care manager's Communication list, {len(ms)} admissions, one at a time")
     print(f"engine={engine} database={database}")
