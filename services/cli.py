@@ -40,6 +40,37 @@ def cmd_token_issue(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_worker(args: argparse.Namespace) -> int:
+    """One worker without the HTTP surface: scale relays and routers as processes of their own."""
+    import asyncio
+
+    from consumers.routing.router import run_router
+    from producers.relay import run_relay
+    from renkei.hub import Hub
+
+    if not get_settings().kafka_bootstrap:
+        print("renkei worker needs RENKEI_KAFKA_BOOTSTRAP (the hub's cluster)", file=sys.stderr)
+        return 2
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    worker = {"relay": run_relay, "router": run_router}[args.name]
+
+    async def serve() -> None:
+        hub = Hub(get_settings())
+        await hub.start(workers=False)
+        try:
+            await worker(hub)
+        finally:
+            await hub.stop()
+
+    try:
+        asyncio.run(serve())
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from services.demo import run_demo
 
@@ -61,6 +92,10 @@ def parser() -> argparse.ArgumentParser:
     issue.add_argument("--practitioner", help="Practitioner or PractitionerRole id")
     issue.add_argument("--ttl", type=int, help="lifetime in seconds")
     issue.set_defaults(func=cmd_token_issue)
+
+    worker = commands.add_parser("worker", help="run one worker (relay or router) on its own")
+    worker.add_argument("name", choices=["relay", "router"])
+    worker.set_defaults(func=cmd_worker)
 
     demo = commands.add_parser("demo", help="load the demo region and post one event of each type")
     demo.add_argument("--url", help="the hub's base URL (default: from the settings)")
