@@ -7,7 +7,11 @@ from datetime import datetime
 from sqlalchemy import ForeignKey, Index, Integer, LargeBinary, String
 from sqlalchemy.orm import Mapped, mapped_column
 
-from renkei.db import Base, UTCDateTime
+from renkei.db import Base, JSONDocument, UTCDateTime
+
+
+def encode_headers(headers: list[tuple[str, bytes]]) -> list[list[str]]:
+    return [[name, value.decode()] for name, value in headers]
 
 
 class OutboxRecord(Base):
@@ -19,6 +23,8 @@ class OutboxRecord(Base):
     topic: Mapped[str] = mapped_column(String(100))
     key: Mapped[str] = mapped_column(String(64))
     value: Mapped[bytes] = mapped_column(LargeBinary)
+    # Kafka headers as [[name, value], ...]: set by whoever writes the row (no personal data).
+    headers: Mapped[list] = mapped_column(JSONDocument)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     # A relay claims rows for a while so two relays never publish the same row at once.

@@ -27,7 +27,6 @@ from producers.models import OutboxRecord
 from renkei.broker import Broker
 from renkei.db import utcnow
 from renkei.settings import Settings
-from schemas.envelope import EventEnvelope
 from services.intake.models import Event
 
 log = logging.getLogger(__name__)
@@ -163,12 +162,13 @@ class OutboxRelay:
         in_flight = sum(1 for task in self._chains.values() if not task.done())
         if in_flight >= MAX_CHAINS:
             return 0
+        # The producer first: rows claimed while the broker is away would sit out their claim.
+        producer = await self._ensure_producer()
         now = asyncio.get_running_loop().time()
         self._not_before = {k: t for k, t in self._not_before.items() if t > now}
         rows = await self.claim(exclude_keys=set(self._chains) | set(self._not_before))
         if not rows:
             return 0
-        producer = await self._ensure_producer()
         by_key: dict[str, list[OutboxRecord]] = defaultdict(list)
         for row in rows:
             by_key[row.key].append(row)
@@ -183,7 +183,7 @@ class OutboxRelay:
         remaining = [row.id for row in chain]
         try:
             for row in chain:
-                headers = EventEnvelope.from_bytes(row.value).headers()
+                headers = [(name, value.encode()) for name, value in row.headers]
                 await producer.send_and_wait(
                     self.settings.topic(row.topic), row.value, key=row.key.encode(), headers=headers
                 )

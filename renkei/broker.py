@@ -24,6 +24,32 @@ from schemas.topics import ALL_TOPICS
 
 log = logging.getLogger(__name__)
 
+
+def _never_auto_create_topics() -> None:
+    """Make aiokafka's metadata requests say allow_auto_topic_creation=false.
+
+    aiokafka always asks for auto-creation. Apache Kafka here refuses it by configuration, but
+    Tansu obeys: after a Tansu restart the router's metadata request recreated the event topics
+    with Tansu's defaults before the hub could create them properly, and records keyed to the
+    extra partitions were never consumed. The hub creates every topic itself (ensure_topics).
+    """
+    from aiokafka.protocol import metadata
+
+    original = metadata.MetadataRequest.__init__
+    if getattr(original, "_renkei", False):
+        return
+
+    def init(self, topics=None, allow_auto_topic_creation=None):  # noqa: ANN001
+        original(
+            self, topics, False if allow_auto_topic_creation is None else allow_auto_topic_creation
+        )
+
+    init._renkei = True  # type: ignore[attr-defined]
+    metadata.MetadataRequest.__init__ = init  # type: ignore[method-assign]
+
+
+_never_auto_create_topics()
+
 # Kafka error codes that mean "ask again shortly": request timed out, coordinator loading or
 # not available, not coordinator, not enough replicas.
 RETRIABLE_ERRORS = frozenset({7, 14, 15, 16, 19, 20})

@@ -11,6 +11,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
+from aiokafka.errors import KafkaError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from renkei.broker import Broker
@@ -49,6 +50,8 @@ class Hub:
                 log.info("embedded Tansu broker on %s", bootstrap)
             self.broker = Broker(self.settings, bootstrap)
             await self.broker.start()
+        if self._embedded is not None:
+            self.spawn("embedded-broker-watchdog", _watch_embedded_broker)
         if workers and self.broker is not None:
             from consumers.routing.router import run_router
             from producers.relay import run_relay
@@ -72,3 +75,21 @@ class Hub:
             await asyncio.to_thread(self._embedded.stop)
             self._embedded = None
         await self.engine.dispose()
+
+
+async def _watch_embedded_broker(hub: Hub, every: float = 1.0) -> None:
+    """``make run`` should survive its broker: restart a Tansu that died, on the same port.
+
+    It comes back empty; the relay recreates the topics and republishes what was not routed.
+    """
+    while True:
+        await asyncio.sleep(every)
+        embedded = hub._embedded
+        if embedded is not None and not embedded.running:
+            log.warning("embedded broker exited; restarting it on %s", embedded.bootstrap)
+            try:
+                await asyncio.to_thread(embedded.start)
+                if hub.broker is not None:
+                    await hub.broker.ensure_topics()  # it came back empty
+            except (OSError, RuntimeError, TimeoutError, KafkaError) as error:
+                log.error("embedded broker did not restart (%s); retrying", type(error).__name__)

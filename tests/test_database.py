@@ -52,6 +52,7 @@ async def _events_with_outbox(sessions, count: int) -> list[str]:
                     event_id=event_id,
                     topic="renkei.event.admission",
                     key=f"k{i % 5}",
+                    headers=[],
                     value=b"{}",
                     created_at=utcnow(),
                 )
@@ -106,3 +107,44 @@ async def test_notification_writes_are_idempotent(db_sessions) -> None:
     async with db_sessions() as session:
         count = await session.scalar(select(func.count()).select_from(Notification))
     assert count == 1
+
+
+async def test_two_routers_routing_the_same_event_at_once_write_it_once(db_sessions) -> None:
+    from zoneinfo import ZoneInfo
+
+    from consumers.routing.service import route_event
+    from consumers.routing.table import DEFAULT_ROUTING
+    from services.demo_region import region_resources
+    from services.registry import service as registry
+
+    async with db_sessions() as session:
+        for resource in region_resources():
+            await registry.write(session, resource["resourceType"], resource, resource["id"])
+        event_id = str(uuid.uuid4())
+        session.add(
+            Event(id=event_id, sender_org_id="misawa-general-hospital", message_id="m",
+                  event_type="admission", status="accepted", patient_id="p01",
+                  patient_key=await registry.patient_key(session, "p01"), accepted_at=utcnow(),
+                  bundle={}, content_sha256="0" * 64)
+        )  # fmt: skip
+        await session.commit()
+
+    async def route() -> bool:
+        async with db_sessions() as session:
+            event = await session.get(Event, event_id)
+            outcome = await route_event(
+                session, event, DEFAULT_ROUTING, ZoneInfo("Asia/Tokyo"), "opt-in"
+            )
+            await session.commit()
+            return outcome.already_routed
+
+    results = await asyncio.gather(route(), route())
+    assert sorted(results) == [False, True]
+    async with db_sessions() as session:
+        notifications = await session.scalar(select(func.count()).select_from(Notification))
+        records = await session.scalar(
+            select(func.count())
+            .select_from(OutboxRecord)
+            .where(OutboxRecord.topic == "renkei.notification")
+        )
+    assert notifications == records == 5

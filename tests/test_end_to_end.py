@@ -151,3 +151,40 @@ async def test_reused_message_id_with_other_content_is_a_conflict(live_api) -> N
     issue = response.json()["issue"][0]
     assert issue["code"] == "conflict"
     assert issue["expression"] == ["Bundle.entry[0].resource.id"]
+
+
+async def test_each_notification_is_also_a_record_on_the_notification_topic(live_api) -> None:
+    import asyncio
+    import uuid
+
+    from schemas.notification_record import NotificationRecord
+    from schemas.topics import NOTIFICATION_TOPIC
+
+    hub = live_api.hub
+    await load_region(hub)
+    response = await post(live_api, message(EventType.ACUTE_CHANGE))
+    event_id = event_id_of(response.json())
+    await wait_routed(hub, [event_id])
+
+    consumer = hub.broker.consumer(
+        hub.settings.topic(NOTIFICATION_TOPIC), group_id=f"partner-{uuid.uuid4().hex[:6]}"
+    )
+    await consumer.start()
+    records = []
+    try:
+        deadline = asyncio.get_running_loop().time() + 30
+        while len(records) < len(EXPECTED[EventType.ACUTE_CHANGE]):
+            assert asyncio.get_running_loop().time() < deadline, records
+            batches = await consumer.getmany(timeout_ms=500)
+            records += [r for batch in batches.values() for r in batch]
+    finally:
+        await consumer.stop()
+    decoded = [NotificationRecord.from_bytes(r.value) for r in records]
+    assert {d.recipient: d.priority for d in decoded} == EXPECTED[EventType.ACUTE_CHANGE]
+    assert {d.event_id for d in decoded} == {event_id}
+    patient_key = decoded[0].patient_key
+    assert all(r.key == patient_key.encode() for r in records)
+    for record in records:
+        raw = record.value + b"".join(value for _name, value in record.headers)
+        for personal in ("三沢", "花子", "00012345", "1936-05-12"):
+            assert personal.encode() not in raw

@@ -18,8 +18,11 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from consumers.routing.models import SuppressedDelivery
 from consumers.routing.rules import PRIORITY_RANK, care_team_members, consent_decision, due_for
 from consumers.routing.table import RoutingTable
+from producers.models import OutboxRecord, encode_headers
 from renkei.db import insert_ignore, utcnow
 from schemas.events import CareTeamRole, EventType
+from schemas.notification_record import NotificationRecord
+from schemas.topics import NOTIFICATION_TOPIC
 from services.intake.models import Event
 from services.notifications.models import Notification
 from services.registry import service as registry
@@ -81,12 +84,19 @@ async def route_event(
     zone: ZoneInfo,
     consent_default: str,
 ) -> RoutingOutcome:
-    """Write the event's notifications and suppressions and mark it routed (caller commits)."""
-    if event.routed_at is not None:
+    """Write the event's notifications and suppressions and mark it routed (caller commits).
+
+    The event is marked routed first: that UPDATE takes the row, so when two routers get the
+    same event at once (a rebalance, a redelivery) the second finds it routed and writes nothing.
+    """
+    now = utcnow()
+    marked = await session.execute(
+        update(Event).where(Event.id == event.id, Event.routed_at.is_(None)).values(routed_at=now)
+    )
+    if marked.rowcount == 0:
         return RoutingOutcome(0, 0, already_routed=True)
     at = event.occurred_at or event.accepted_at
     consents = await registry.consents(session, event.patient_id or "")
-    now = utcnow()
     notifications, suppressed = [], []
     for recipient in await recipients(session, event, table, at, zone):
         decision = consent_decision(consents, recipient.org_id, now, zone, consent_default)
@@ -119,13 +129,41 @@ async def route_event(
         await session.execute(
             insert_ignore(session, Notification.__table__, notifications, ["event_id", "recipient"])
         )
+        session.add_all(_notification_records(event, notifications, now))
     if suppressed:
         await session.execute(
             insert_ignore(
                 session, SuppressedDelivery.__table__, suppressed, ["event_id", "recipient"]
             )
         )
-    await session.execute(
-        update(Event).where(Event.id == event.id, Event.routed_at.is_(None)).values(routed_at=now)
-    )
     return RoutingOutcome(len(notifications), len(suppressed), already_routed=False)
+
+
+def _notification_records(
+    event: Event, notifications: list[dict], now: datetime
+) -> list[OutboxRecord]:
+    """One ``renkei.notification`` record per recipient, through the outbox like the events."""
+    rows = []
+    for n in notifications:
+        record = NotificationRecord(
+            notification_id=n["id"],
+            event_id=event.id,
+            event_type=event.event_type,
+            patient_key=event.patient_key or "",
+            recipient=n["recipient"],
+            care_team_role=n["care_team_role"],
+            priority=n["priority"],
+            sent=now.isoformat(),
+            due_at=n["due_at"].isoformat() if n["due_at"] else None,
+        )
+        rows.append(
+            OutboxRecord(
+                event_id=event.id,
+                topic=NOTIFICATION_TOPIC,
+                key=record.patient_key,
+                value=record.to_bytes(),
+                headers=encode_headers(record.headers()),
+                created_at=now,
+            )
+        )
+    return rows

@@ -196,9 +196,27 @@ def _tail_file(path: Path, lines: int = 40) -> str:
         return "(no file)"
 
 
+# Placeholders of server.properties.template with a default: the local clusters' plain text.
+# (Documented here, not in the template: its comments are rendered into every file.)
+#   client_listener      name AND security protocol of the client/replication listener
+#                        (production: SASL_SSL)
+#   controller_protocol  security protocol of the CONTROLLER listener (production: SSL)
+#   security_properties  lines appended after the template's last line, each ending in a
+#                        newline (TLS/SASL settings); "" adds nothing
+SERVER_PROPERTIES_DEFAULTS: dict[str, object] = {
+    "client_listener": "PLAINTEXT",
+    "controller_protocol": "PLAINTEXT",
+    "security_properties": "",
+}
+
+
 def render_server_properties(**values: object) -> str:
-    """Fill server.properties.template; a missing placeholder is an error, not a blank."""
-    return TEMPLATE.read_text().format_map(values)
+    """Fill server.properties.template; a missing placeholder is an error, not a blank.
+
+    Only the placeholders of SERVER_PROPERTIES_DEFAULTS may be left out; with their defaults
+    the rendered bytes are what the template rendered before it had them.
+    """
+    return TEMPLATE.read_text().format_map({**SERVER_PROPERTIES_DEFAULTS, **values})
 
 
 # ---------------------------------------------------------------------------------------

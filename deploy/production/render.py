@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import json
 import sys
 import uuid
 from pathlib import Path
@@ -44,6 +45,31 @@ KAFKA_DATA_DIR = "/var/lib/kafka/data"
 KAFKA_CONFIG = "/mnt/shared/config/server.properties"
 KAFKA_BIN = "/opt/kafka/bin"
 KAFKA_HEAP = "-Xms1g -Xmx1g"
+
+# --- Security --------------------------------------------------------------------------------
+# Clients and replication: listener SASL_SSL (TLS, SCRAM-SHA-512). KRaft quorum (CONTROLLER):
+# mutual TLS, the node certificates authenticate each other (SCRAM cannot serve there: its
+# credentials live in the metadata log the controllers serve). No secret is rendered: the
+# brokers read them at start from SECRETS_FILE (Kafka's FileConfigProvider), which the
+# operator writes next to the keystores in each node's secrets folder (RUNBOOK.md, "Security").
+CLIENT_LISTENER = "SASL_SSL"
+CONTROLLER_PROTOCOL = "SSL"
+SASL_MECHANISM = "SCRAM-SHA-512"
+SECRETS_DIR = "/etc/kafka/secrets"
+SECRETS_FILE = f"{SECRETS_DIR}/kafka.secrets.properties"
+# Client settings for the Kafka command-line tools (and the compose health check) on a node.
+CLIENT_CONFIG = f"{SECRETS_DIR}/client.properties"
+CA_FILE = f"{SECRETS_DIR}/ca.pem"
+# The brokers' own SCRAM user (inter-broker replication; a super user) and the hub's user.
+BROKER_USER = "kafka-broker"
+HUB_USER = "renkei-hub"
+# Host folder with one sub-folder per node (kafka-N/) and the CA certificate for the hub.
+SECRETS_HOST_DIR = "${KAFKA_SECRETS_DIR:?set KAFKA_SECRETS_DIR, see deploy/production/RUNBOOK.md}"
+HUB_CA_FILE = "/etc/renkei/kafka-ca.pem"
+HUB_SASL_PASSWORD = (
+    "${RENKEI_KAFKA_SASL_PASSWORD:?set RENKEI_KAFKA_SASL_PASSWORD, "
+    "see deploy/production/RUNBOOK.md}"
+)
 
 HUB_BOOTSTRAP = ",".join(f"kafka-{n}:{BROKER_PORT}" for n in NODE_IDS)
 HUB_PORT = 8000
@@ -107,6 +133,50 @@ def initial_controllers(cluster_id: str) -> str:
     )
 
 
+def secret(key: str) -> str:
+    """A reference the broker resolves at start from SECRETS_FILE (never the value itself)."""
+    return f"${{file:{SECRETS_FILE}:{key}}}"
+
+
+def security_properties(node_id: int) -> str:
+    """The lines production appends to the shared template (empty for the local clusters)."""
+    jaas = (
+        "org.apache.kafka.common.security.scram.ScramLoginModule required "
+        f'username="{BROKER_USER}" password="{secret("scram.password")}";'
+    )
+    nodes = ";".join(f"User:CN={host(n)}" for n in NODE_IDS)
+    listener = CLIENT_LISTENER.lower()
+    return f"""\
+
+# --- Security (rendered by deploy/production/render.py; RUNBOOK.md, "Security") ---
+# Secrets are read at start from {SECRETS_FILE}
+# (keys keystore.password and scram.password), never written in this file.
+config.providers=file
+config.providers.file.class=org.apache.kafka.common.config.provider.FileConfigProvider
+config.providers.file.param.allowed.paths={SECRETS_DIR}
+# Clients and replication: {CLIENT_LISTENER} with {SASL_MECHANISM}; the brokers' own user
+# ({BROKER_USER}) is written into the metadata when the storage is formatted (--add-scram).
+sasl.enabled.mechanisms={SASL_MECHANISM}
+sasl.mechanism.inter.broker.protocol={SASL_MECHANISM}
+listener.name.{listener}.{SASL_MECHANISM.lower()}.sasl.jaas.config={jaas}
+# TLS on both listeners: this node's key and certificate (subjectAltName DNS:{host(node_id)},
+# extendedKeyUsage serverAuth and clientAuth) and the CA that signed every node's certificate.
+# Peers' host names are checked (ssl.endpoint.identification.algorithm defaults to https).
+ssl.keystore.type=PKCS12
+ssl.keystore.location={SECRETS_DIR}/{host(node_id)}.p12
+ssl.keystore.password={secret("keystore.password")}
+ssl.truststore.type=PEM
+ssl.truststore.location={CA_FILE}
+# KRaft quorum and broker-to-controller traffic: mutual TLS, principal User:CN=kafka-N.
+listener.name.controller.ssl.client.auth=required
+# Authorization: only the nodes and {BROKER_USER} are super users; every other user
+# (the hub's {HUB_USER}) needs ACLs.
+authorizer.class.name=org.apache.kafka.metadata.authorizer.StandardAuthorizer
+allow.everyone.if.no.acl.found=false
+super.users=User:{BROKER_USER};{nodes}
+"""
+
+
 def broker_values(node_id: int) -> dict[str, object]:
     """The template's placeholders for one production node."""
     return dict(
@@ -126,6 +196,9 @@ def broker_values(node_id: int) -> dict[str, object]:
         background_threads=10,
         segment_bytes=1024 * 1024 * 1024,
         session_timeout_ms=9000,
+        client_listener=CLIENT_LISTENER,
+        controller_protocol=CONTROLLER_PROTOCOL,
+        security_properties=security_properties(node_id),
     )
 
 
@@ -145,16 +218,17 @@ def cluster_env(cluster_id: str) -> str:
 
 
 def _flow(items: list[str]) -> str:
-    """A YAML flow sequence of double-quoted strings (values here hold no quote or backslash)."""
-    for item in items:
-        if '"' in item or "\\" in item:
-            raise ValueError(f"unexpected character in {item!r}")
-    return "[" + ", ".join(f'"{item}"' for item in items) + "]"
+    """A YAML flow sequence of double-quoted strings (JSON string escapes are YAML's too)."""
+    return "[" + ", ".join(json.dumps(item) for item in items) + "]"
 
 
 def _broker_service(node_id: int) -> str:
     name = host(node_id)
-    health = [f"{KAFKA_BIN}/kafka-broker-api-versions.sh", "--bootstrap-server"]
+    health = [
+        f"{KAFKA_BIN}/kafka-broker-api-versions.sh",
+        "--command-config", CLIENT_CONFIG,
+        "--bootstrap-server", f"{name}:{BROKER_PORT}",
+    ]  # fmt: skip
     return f"""\
   {name}:
     image: {KAFKA_IMAGE}
@@ -168,8 +242,10 @@ def _broker_service(node_id: int) -> str:
     volumes:
       - ./{name}/server.properties:{KAFKA_CONFIG}:ro
       - {name}-data:{KAFKA_DATA_DIR}
+      # {name}.p12, ca.pem, kafka.secrets.properties, client.properties (RUNBOOK.md)
+      - {SECRETS_HOST_DIR}/{name}:{SECRETS_DIR}:ro
     healthcheck:
-      test: {_flow(["CMD", *health, f"{name}:{BROKER_PORT}"])}
+      test: {_flow(["CMD", *health])}
       interval: 15s
       timeout: 30s
       retries: 20
@@ -179,24 +255,39 @@ def _broker_service(node_id: int) -> str:
 """
 
 
+def format_script(cluster_id: str, hub_password: str = HUB_SASL_PASSWORD) -> str:
+    """The format job's shell command (`$$` is compose's escape for a literal `$`).
+
+    The SCRAM users are written into the metadata by the format itself: the brokers need
+    theirs before they can replicate (its password is read from the node's SECRETS_FILE, the
+    one the broker itself uses), the hub's comes from RENKEI_KAFKA_SASL_PASSWORD.
+    """
+    return (
+        f"p=$$(sed -n 's/^scram.password=//p' {SECRETS_FILE}); "
+        f'test -n "$$p" || {{ echo "no scram.password in {SECRETS_FILE}" >&2; exit 64; }}; '
+        f"exec {KAFKA_BIN}/kafka-storage.sh format --config {KAFKA_CONFIG} "
+        f"--cluster-id {cluster_id} --initial-controllers {initial_controllers(cluster_id)} "
+        f'--add-scram "{SASL_MECHANISM}=[name={BROKER_USER},password=$$p]" '
+        f'--add-scram "{SASL_MECHANISM}=[name={HUB_USER},password={hub_password}]"'
+    )
+
+
 def _format_service(node_id: int, cluster_id: str) -> str:
     name = host(node_id)
-    command = [
-        f"{KAFKA_BIN}/kafka-storage.sh", "format",
-        "--config", KAFKA_CONFIG,
-        "--cluster-id", cluster_id,
-        "--initial-controllers", initial_controllers(cluster_id),
-    ]  # fmt: skip
+    command = ["/bin/sh", "-ec", format_script(cluster_id)]
     return f"""\
   {name}-format:
     image: {KAFKA_IMAGE}
     profiles: ["format"]
     # Once, before the first start; fails (harmlessly) on storage that is already formatted.
     # NOT for a replaced disk: that node joins with --no-initial-controllers (RUNBOOK.md).
+    # Also writes the SCRAM users {BROKER_USER} and {HUB_USER} (their passwords: {SECRETS_FILE}
+    # and RENKEI_KAFKA_SASL_PASSWORD).
     command: {_flow(command)}
     volumes:
       - ./{name}/server.properties:{KAFKA_CONFIG}:ro
       - {name}-data:{KAFKA_DATA_DIR}
+      - {SECRETS_HOST_DIR}/{name}:{SECRETS_DIR}:ro
 
 """
 
@@ -217,11 +308,12 @@ def compose_yaml(cluster_id: str) -> str:
 # deploy/kafka/server.properties.template and render again. Operating it: RUNBOOK.md.
 # Not run on the machine that rendered it (no container engine there).
 #
-# First start:   export RENKEI_DB_PASSWORD=...
+# First start:   export RENKEI_DB_PASSWORD=... RENKEI_KAFKA_SASL_PASSWORD=... KAFKA_SECRETS_DIR=...
 #                docker compose --profile format run --rm kafka-1-format   (and -2, -3)
 #                docker compose up -d
-# The brokers listen PLAINTEXT on this compose network only (no port is published): the
-# shared template cannot render SASL_SSL listeners yet (RUNBOOK.md, "Security").
+# The brokers listen SASL_SSL (SCRAM-SHA-512) for clients and replication and use mutual TLS
+# between controllers; KAFKA_SECRETS_DIR holds the keystores and passwords (RUNBOOK.md,
+# "Security"). No Kafka port is published.
 name: renkei-hub
 
 services:
@@ -256,7 +348,11 @@ services:
       RENKEI_PORT: "{HUB_PORT}"
       RENKEI_DATA_DIR: {HUB_DATA_DIR}
       RENKEI_KAFKA_BOOTSTRAP: {HUB_BOOTSTRAP}
-      RENKEI_KAFKA_SECURITY_PROTOCOL: PLAINTEXT
+      RENKEI_KAFKA_SECURITY_PROTOCOL: {CLIENT_LISTENER}
+      RENKEI_KAFKA_SASL_MECHANISM: {SASL_MECHANISM}
+      RENKEI_KAFKA_SASL_USERNAME: {HUB_USER}
+      RENKEI_KAFKA_SASL_PASSWORD: "{HUB_SASL_PASSWORD}"
+      RENKEI_KAFKA_SSL_CAFILE: {HUB_CA_FILE}
       RENKEI_DATABASE_URL: "{database_url}"
       # Fixed, not min(3, brokers seen at start): a start while one broker is down must not
       # create RF-2 topics.
@@ -267,6 +363,8 @@ services:
     volumes:
       # The token signing key lives here: keep it across restarts and image upgrades.
       - hub-data:{HUB_DATA_DIR}
+      # The CA that signed the brokers' certificates.
+      - {SECRETS_HOST_DIR}/ca.pem:{HUB_CA_FILE}:ro
     healthcheck:
       test: {_flow(["CMD", "python", "-c", readyz])}
       interval: 15s

@@ -16,7 +16,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from producers.models import OutboxRecord
+from producers.models import OutboxRecord, encode_headers
 from renkei.db import utcnow
 from schemas.envelope import SCHEMA_VERSION, EventEnvelope
 from schemas.events import EventType
@@ -140,6 +140,7 @@ async def _enqueue(session: AsyncSession, event: Event, patient_id: str) -> None
             topic=event_topic(envelope.event_type),
             key=event.patient_key,
             value=envelope.to_bytes(),
+            headers=encode_headers(envelope.headers()),
             created_at=utcnow(),
         )
     )

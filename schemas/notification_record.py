@@ -1,0 +1,45 @@
+"""The record the router puts on ``renkei.notification``: one per recipient.
+
+For partners who follow notifications on Kafka rather than over FHIR. It names the event, the
+recipient and what is due; it carries no message content and no personal data (the patient is
+the hub's pseudonymous key), so encrypting payloads later changes nothing here.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+
+from schemas.envelope import HEADER_EVENT_ID, HEADER_EVENT_TYPE, HEADER_SCHEMA_VERSION
+
+NOTIFICATION_SCHEMA_VERSION = 1
+HEADER_RECORD_KIND = "renkei-record-kind"
+
+
+@dataclass(frozen=True)
+class NotificationRecord:
+    notification_id: str
+    event_id: str
+    event_type: str
+    patient_key: str
+    recipient: str  # "Organization/x" or "PractitionerRole/y"
+    care_team_role: str
+    priority: str  # routine | urgent | stat
+    sent: str  # ISO instant
+    due_at: str | None
+    schema_version: int = NOTIFICATION_SCHEMA_VERSION
+
+    def to_bytes(self) -> bytes:
+        return json.dumps(asdict(self), separators=(",", ":")).encode("utf-8")
+
+    @classmethod
+    def from_bytes(cls, raw: bytes) -> NotificationRecord:
+        return cls(**json.loads(raw))
+
+    def headers(self) -> list[tuple[str, bytes]]:
+        return [
+            (HEADER_EVENT_ID, self.event_id.encode()),
+            (HEADER_EVENT_TYPE, self.event_type.encode()),
+            (HEADER_SCHEMA_VERSION, str(self.schema_version).encode()),
+            (HEADER_RECORD_KIND, b"notification"),
+        ]
