@@ -24,32 +24,6 @@ from schemas.topics import ALL_TOPICS
 
 log = logging.getLogger(__name__)
 
-
-def _never_auto_create_topics() -> None:
-    """Make aiokafka's metadata requests say allow_auto_topic_creation=false.
-
-    aiokafka always asks for auto-creation. Apache Kafka here refuses it by configuration, but
-    Tansu obeys: after a Tansu restart the router's metadata request recreated the event topics
-    with Tansu's defaults before the hub could create them properly, and records keyed to the
-    extra partitions were never consumed. The hub creates every topic itself (ensure_topics).
-    """
-    from aiokafka.protocol import metadata
-
-    original = metadata.MetadataRequest.__init__
-    if getattr(original, "_renkei", False):
-        return
-
-    def init(self, topics=None, allow_auto_topic_creation=None):  # noqa: ANN001
-        original(
-            self, topics, False if allow_auto_topic_creation is None else allow_auto_topic_creation
-        )
-
-    init._renkei = True  # type: ignore[attr-defined]
-    metadata.MetadataRequest.__init__ = init  # type: ignore[method-assign]
-
-
-_never_auto_create_topics()
-
 # Kafka error codes that mean "ask again shortly": request timed out, coordinator loading or
 # not available, not coordinator, not enough replicas.
 RETRIABLE_ERRORS = frozenset({7, 14, 15, 16, 19, 20})
@@ -173,9 +147,10 @@ class Broker:
         try:
             existing = set(await admin.list_topics())
             missing = [spec for spec in specs if spec.name not in existing]
+            refused: list[str] = []
             if missing:
                 try:
-                    await admin.create_topics(
+                    response = await admin.create_topics(
                         [
                             NewTopic(
                                 spec.name,
@@ -186,10 +161,20 @@ class Broker:
                             for spec in missing
                         ]
                     )
+                    # Per-topic errors come in the response, not as exceptions: a cluster that
+                    # refuses (e.g. no ACL, error 29) must be reported, not waited for.
+                    refused = [
+                        f"{entry[0]}: create refused (Kafka error {entry[1]})"
+                        for entry in response.topic_errors
+                        if entry[1] not in (0, TopicAlreadyExistsError.errno)
+                    ]
                 except TopicAlreadyExistsError:
                     pass  # another hub process created them first
-                await self._wait_until_described(admin, [spec.name for spec in missing])
-            return await self._differences(admin, specs)
+                created = [
+                    s.name for s in missing if not any(r.startswith(f"{s.name}:") for r in refused)
+                ]
+                await self._wait_until_described(admin, created)
+            return refused + await self._differences(admin, specs)
         finally:
             await admin.close()
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from deploy.kafka.cluster import render_server_properties
+from deploy.kafka.cluster import TEMPLATE, render_server_properties
 from deploy.production import render
 from renkei.settings import Settings
 
@@ -113,7 +113,7 @@ def test_brokers_have_distinct_ids_and_advertise_their_own_host() -> None:
     assert sorted(int(p["node.id"]) for p in files.values()) == [1, 2, 3]
     for name, props in files.items():
         assert props["process.roles"] == "broker,controller"
-        assert props["listeners"].startswith("PLAINTEXT://0.0.0.0:9092,")
+        assert props["listeners"].startswith("SASL_SSL://0.0.0.0:9092,")
         assert f"://{name}:9092" in props["advertised.listeners"]
         assert f"CONTROLLER://{name}:9093" in props["advertised.listeners"]
         assert "controller.quorum.voters" not in props  # dynamic quorum (KIP-853)
@@ -134,8 +134,8 @@ def test_brokers_share_one_quorum_and_one_set_of_initial_controllers() -> None:
     assert len({v.rsplit(":", 1)[1] for v in voters}) == 3  # distinct directory ids
     # The compose format jobs pass the same value, and the same cluster id, to every node.
     compose = (GENERATED / "compose.yaml").read_text()
-    assert compose.count(f'"--initial-controllers", "{cluster["KAFKA_INITIAL_CONTROLLERS"]}"') == 3
-    assert compose.count(f'"--cluster-id", "{cluster["KAFKA_CLUSTER_ID"]}"') == 3
+    assert compose.count(f" --initial-controllers {cluster['KAFKA_INITIAL_CONTROLLERS']} ") == 3
+    assert compose.count(f" --cluster-id {cluster['KAFKA_CLUSTER_ID']} ") == 3
 
 
 # -- compose.yaml ----------------------------------------------------------------------------
@@ -200,6 +200,10 @@ def test_compose_parses_as_yaml() -> None:
 
     document = yaml.safe_load((GENERATED / "compose.yaml").read_text())
     assert {*BROKERS, "postgres", "hub"} <= set(document["services"])
+    # The format job's shell command survives YAML quoting as the exact script render.py made
+    # (compose then turns `$$` into `$` and fills ${RENKEI_KAFKA_SASL_PASSWORD}).
+    command = document["services"]["kafka-1-format"]["command"]
+    assert command == ["/bin/sh", "-ec", render.format_script(render.DEFAULT_CLUSTER_ID)]
 
 
 def test_dockerfile_runs_renkei_up_with_real_settings() -> None:
@@ -256,3 +260,145 @@ def test_hub_env_loads_into_settings(monkeypatch: pytest.MonkeyPatch) -> None:
     assert options["sasl_mechanism"] == "SCRAM-SHA-512"
     assert options["sasl_plain_username"] == settings.kafka_sasl_username
     assert options["ssl_context"].check_hostname is True
+
+
+# -- security: SASL_SSL in production, plain text in the local clusters ----------------------
+
+
+def local_render(nodes: int) -> list[str]:
+    """server.properties as KafkaCluster._prepare renders them (fixed ports and folders)."""
+    quorum = ",".join(f"127.0.0.1:{20001 + 2 * n}" for n in range(1, nodes + 1))
+    return [
+        render_server_properties(
+            node_id=n,
+            listen_host="127.0.0.1",
+            advertised_host="127.0.0.1",
+            broker_port=20000 + 2 * n,
+            controller_port=20001 + 2 * n,
+            quorum_bootstrap=quorum,
+            log_dir=Path(f"/tmp/kafka/node-{n}/data"),
+            replication_factor=3 if nodes >= 3 else nodes,
+            min_isr=2 if nodes >= 3 else 1,
+            internal_topic_partitions=6,
+            network_threads=2,
+            io_threads=2,
+            background_threads=2,
+            segment_bytes=16 * 1024 * 1024,
+            session_timeout_ms=6000,
+        )
+        for n in range(1, nodes + 1)
+    ]
+
+
+def test_local_renders_stay_plaintext_with_nothing_appended() -> None:
+    # The optional placeholders default to what the template said before it had them: the
+    # local clusters' files are byte-identical to the pre-SASL template's (checked by hand
+    # when the placeholders were added; this keeps the properties that made it so).
+    template = TEMPLATE.read_text()
+    assert template.endswith("log.retention.check.interval.ms=300000\n{security_properties}"), (
+        "security_properties must stay the very last thing, after the last newline"
+    )
+    for nodes in (1, 3):
+        for text in local_render(nodes):
+            props = properties(text)
+            assert text.endswith("log.retention.check.interval.ms=300000\n")
+            assert props["listeners"].startswith("PLAINTEXT://127.0.0.1:")
+            assert props["inter.broker.listener.name"] == "PLAINTEXT"
+            assert props["listener.security.protocol.map"] == (
+                "CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT"
+            )
+            assert "SASL" not in text and "SSL" not in text and "ssl." not in text
+            assert "authorizer" not in text and "config.providers" not in text
+            assert "{" not in text and "}" not in text
+
+
+def test_production_brokers_render_sasl_ssl_and_mutual_tls() -> None:
+    for name, props in broker_files().items():
+        assert props["listeners"] == "SASL_SSL://0.0.0.0:9092,CONTROLLER://0.0.0.0:9093"
+        assert props["advertised.listeners"] == f"SASL_SSL://{name}:9092,CONTROLLER://{name}:9093"
+        assert props["inter.broker.listener.name"] == "SASL_SSL"
+        assert props["listener.security.protocol.map"] == "CONTROLLER:SSL,SASL_SSL:SASL_SSL"
+        assert props["controller.listener.names"] == "CONTROLLER"
+        assert props["sasl.enabled.mechanisms"] == "SCRAM-SHA-512"
+        assert props["sasl.mechanism.inter.broker.protocol"] == "SCRAM-SHA-512"
+        jaas = props["listener.name.sasl_ssl.scram-sha-512.sasl.jaas.config"]
+        assert jaas.startswith("org.apache.kafka.common.security.scram.ScramLoginModule required")
+        assert 'username="kafka-broker"' in jaas
+        assert props["ssl.keystore.type"] == "PKCS12"
+        assert props["ssl.keystore.location"] == f"/etc/kafka/secrets/{name}.p12"
+        assert props["ssl.truststore.location"] == "/etc/kafka/secrets/ca.pem"
+        assert props["listener.name.controller.ssl.client.auth"] == "required"
+        assert props["authorizer.class.name"].endswith("StandardAuthorizer")
+        assert props["allow.everyone.if.no.acl.found"] == "false"
+        assert props["super.users"].split(";") == [
+            "User:kafka-broker",
+            *(f"User:CN={b}" for b in BROKERS),
+        ]
+
+
+SECRET_REF = re.compile(r"\$\{file:/etc/kafka/secrets/kafka\.secrets\.properties:[a-z.]+\}")
+
+
+def test_no_secret_is_rendered() -> None:
+    """Passwords are references the broker/tool resolves from the node's secrets file."""
+    texts = {name: (GENERATED / name / "server.properties").read_text() for name in BROKERS}
+    texts["client.properties"] = (GENERATED / "client.properties").read_text()
+    for name, text in texts.items():
+        props = properties(text)
+        assert props["config.providers.file.param.allowed.paths"] == "/etc/kafka/secrets", name
+        for key, value in props.items():
+            if "password" in key:
+                assert SECRET_REF.fullmatch(value), f"{name}: {key} is not a file reference"
+            if "jaas" in key:
+                password = re.search(r'password="([^"]*)"', value)
+                assert password and SECRET_REF.fullmatch(password.group(1)), f"{name}: {key}"
+    compose = (GENERATED / "compose.yaml").read_text()
+    assert "${RENKEI_KAFKA_SASL_PASSWORD:?" in compose
+    assert "password=$$p]" in compose  # the broker's, read from the secrets file at format time
+
+
+def test_client_properties_speak_sasl_ssl_as_the_broker_user() -> None:
+    props = properties((GENERATED / "client.properties").read_text())
+    assert props["security.protocol"] == "SASL_SSL"
+    assert props["sasl.mechanism"] == "SCRAM-SHA-512"
+    assert 'username="kafka-broker"' in props["sasl.jaas.config"]
+    assert props["ssl.truststore.type"] == "PEM"
+    assert props["ssl.truststore.location"] == "/etc/kafka/secrets/ca.pem"
+
+
+def test_compose_mounts_the_secrets_and_formats_with_the_scram_users() -> None:
+    services = compose_services((GENERATED / "compose.yaml").read_text())
+    secrets = "- ${KAFKA_SECRETS_DIR:?set KAFKA_SECRETS_DIR, see deploy/production/RUNBOOK.md}"
+    for name in BROKERS:
+        broker = services[name]
+        assert f"{secrets}/{name}:/etc/kafka/secrets:ro" in broker
+        assert "- ./client.properties:/etc/kafka/client.properties:ro" in broker
+        health = next(line for line in broker if line.startswith("test:"))
+        assert '"--command-config", "/etc/kafka/client.properties"' in health
+        job = services[f"{name}-format"]
+        assert f"{secrets}/{name}:/etc/kafka/secrets:ro" in job
+        command = next(line for line in job if line.startswith("command:"))
+        assert r"--add-scram \"SCRAM-SHA-512=[name=kafka-broker,password=$$p]\"" in command
+        assert r"--add-scram \"SCRAM-SHA-512=[name=renkei-hub,password=${RENKEI_" in command
+    assert f"{secrets}/ca.pem:/etc/renkei/kafka-ca.pem:ro" in services["hub"]
+
+
+def test_compose_hub_and_hub_env_agree_on_kafka_security() -> None:
+    hub = dict(
+        line.split(": ", 1) for line in compose_services((GENERATED / "compose.yaml").read_text())[
+            "hub"
+        ] if line.startswith("RENKEI_KAFKA_")
+    )  # fmt: skip
+    env = env_file(HUB_ENV)
+    for key in (
+        "RENKEI_KAFKA_BOOTSTRAP",
+        "RENKEI_KAFKA_SECURITY_PROTOCOL",
+        "RENKEI_KAFKA_SASL_MECHANISM",
+        "RENKEI_KAFKA_SASL_USERNAME",
+        "RENKEI_KAFKA_SSL_CAFILE",
+    ):
+        assert hub[key] == env[key], key
+    assert env["RENKEI_KAFKA_SECURITY_PROTOCOL"] == "SASL_SSL"
+    assert env["RENKEI_KAFKA_SASL_USERNAME"] == render.HUB_USER
+    # The user the format jobs create is the one the hub logs in as.
+    assert f"name={env['RENKEI_KAFKA_SASL_USERNAME']}," in render.format_script("x")
