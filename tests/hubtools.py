@@ -90,3 +90,21 @@ async def suppressed_of(hub: Hub, event_id: str) -> dict[str, str]:
 
 def event_id_of(outcome: dict) -> str:
     return outcome["issue"][0]["details"]["coding"][0]["code"]
+
+
+async def accept(hub: Hub, client, bundle: dict) -> str:  # noqa: ANN001 - httpx.AsyncClient
+    """POST a message as its sender; it must be accepted as new (202). Returns the event id."""
+    response = await client.post(
+        "/fhir/$process-message", json=bundle, headers=headers(hub, sender_of(bundle))
+    )
+    assert response.status_code == 202, response.text
+    return event_id_of(response.json())
+
+
+async def notification_count(hub: Hub, event_ids: list[str]) -> int:
+    async with hub.sessions() as session:
+        return await session.scalar(
+            select(func.count())
+            .select_from(Notification)
+            .where(Notification.event_id.in_(event_ids))
+        )

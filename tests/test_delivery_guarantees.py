@@ -11,27 +11,10 @@ from consumers.routing.router import Router
 from producers.relay import OutboxRelay
 from schemas.events import EventType
 from services.notifications.models import Notification
-from tests.hubtools import event_id_of, headers, load_region, message, sender_of, wait_routed
+from tests.hubtools import accept, load_region, message, notification_count, wait_routed
 from tests.test_end_to_end import EXPECTED
 
 ADMISSION_RECIPIENTS = len(EXPECTED[EventType.ADMISSION])
-
-
-async def accept(hub, client, bundle: dict) -> str:
-    response = await client.post(
-        "/fhir/$process-message", json=bundle, headers=headers(hub, sender_of(bundle))
-    )
-    assert response.status_code == 202, response.text
-    return event_id_of(response.json())
-
-
-async def notification_count(hub, event_ids: list[str]) -> int:
-    async with hub.sessions() as session:
-        return await session.scalar(
-            select(func.count())
-            .select_from(Notification)
-            .where(Notification.event_id.in_(event_ids))
-        )
 
 
 async def until(predicate, within: float = 30.0, step: float = 0.05) -> None:

@@ -13,7 +13,7 @@ from producers.relay import OutboxRelay
 from schemas.events import EventType
 from services.notifications.models import Notification
 from tests.conftest import _api
-from tests.hubtools import event_id_of, headers, load_region, message, sender_of, wait_routed
+from tests.hubtools import accept, load_region, message, notification_count, wait_routed
 from tests.test_end_to_end import EXPECTED
 
 
@@ -55,14 +55,6 @@ async def stop(process: asyncio.subprocess.Process) -> None:
             await process.wait()
 
 
-async def accept(api, bundle: dict) -> str:
-    response = await api.client.post(
-        "/fhir/$process-message", json=bundle, headers=headers(api.hub, sender_of(bundle))
-    )
-    assert response.status_code == 202, response.text
-    return event_id_of(response.json())
-
-
 async def duplicate_pairs(hub, event_ids: list[str]) -> int:
     async with hub.sessions() as session:
         grouped = (
@@ -75,22 +67,13 @@ async def duplicate_pairs(hub, event_ids: list[str]) -> int:
         return await session.scalar(select(func.count()).select_from(grouped))
 
 
-async def notification_count(hub, event_ids: list[str]) -> int:
-    async with hub.sessions() as session:
-        return await session.scalar(
-            select(func.count())
-            .select_from(Notification)
-            .where(Notification.event_id.in_(event_ids))
-        )
-
-
 async def test_router_process_killed_between_write_and_commit(hub_factory) -> None:
     hub = await hub_factory(workers=False)
     await load_region(hub)
     hub.spawn("relay", lambda h: OutboxRelay(h.sessions, h.broker, h.settings).run())
     doomed = await start_router(hub, "--die-after-write")
     async for api in _api(hub):
-        event_id = await accept(api, message(EventType.ADMISSION))
+        event_id = await accept(hub, api.client, message(EventType.ADMISSION))
     assert (await next_line(doomed)).startswith("handled 1 routed 1")
     assert await asyncio.wait_for(doomed.wait(), 30) == 137
     assert await notification_count(hub, [event_id]) == len(EXPECTED[EventType.ADMISSION])
@@ -115,12 +98,12 @@ async def test_two_router_processes_one_killed_mid_stream(hub_factory) -> None:
     try:
         async for api in _api(hub):
             for patient in patients:
-                posted.append(await accept(api, message(EventType.ADMISSION, patient)))
+                posted.append(await accept(hub, api.client, message(EventType.ADMISSION, patient)))
             await wait_routed(hub, posted, within=90)
             routers[0].kill()  # SIGKILL: the group notices only after the session timeout
             await routers[0].wait()
             for patient in patients:
-                posted.append(await accept(api, message(EventType.DISCHARGE, patient)))
+                posted.append(await accept(hub, api.client, message(EventType.DISCHARGE, patient)))
         await wait_routed(hub, posted, within=120)
     finally:
         for process in routers:
