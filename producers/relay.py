@@ -31,7 +31,13 @@ from services.intake.models import Event
 
 log = logging.getLogger(__name__)
 BATCH = 200
-MAX_CHAINS = 500  # patients in flight at once
+MAX_CHAINS = 500  # streams in flight at once
+STREAM_SEPARATOR = "\x1f"  # cannot occur in a topic name
+
+
+def stream_of(row: OutboxRecord) -> str:
+    """What must stay in order: one patient's records on one topic (one Kafka partition)."""
+    return f"{row.topic}{STREAM_SEPARATOR}{row.key}"
 
 
 class OutboxRelay:
@@ -50,10 +56,11 @@ class OutboxRelay:
         self._producer: AIOKafkaProducer | None = None
         self._last_redrive = 0.0
         self._wakeup = wakeup or asyncio.Event()
-        # One task per patient key in flight: a patient whose partition has no leader (or a
-        # frozen broker) waits alone while every other patient's events go on.
+        # One task per stream in flight, a stream being one topic and one patient key (what
+        # Kafka keeps in order): a patient whose partition has no leader (or a frozen broker)
+        # waits alone while every other stream goes on.
         self._chains: dict[str, asyncio.Task[None]] = {}
-        self._not_before: dict[str, float] = {}  # key -> loop time of its next try
+        self._not_before: dict[str, float] = {}  # stream -> loop time of its next try
         self._sent: list[int] = []
         self._unsent: list[int] = []
         self._failed_chains = 0  # chains failed since the last successful send
@@ -117,16 +124,18 @@ class OutboxRelay:
             with contextlib.suppress(Exception):
                 await producer.stop()
 
-    async def claim(self, exclude_keys: set[str] | None = None) -> list[OutboxRecord]:
+    async def claim(self, exclude_streams: set[str] | None = None) -> list[OutboxRecord]:
         """Claim up to BATCH unsent rows; a claim expires so a crashed relay's rows come back.
 
-        ``exclude_keys``: patients this relay still has in flight or backing off (their later
-        rows wait, so one patient's events stay in order)."""
+        ``exclude_streams``: streams (see ``stream_of``) this relay still has in flight or
+        backing off; their later rows wait, so each stream stays in order."""
         now = utcnow()
         free = or_(OutboxRecord.claimed_until.is_(None), OutboxRecord.claimed_until < now)
         pending = [OutboxRecord.sent_at.is_(None), free]
-        if exclude_keys:
-            pending.append(OutboxRecord.key.not_in(exclude_keys))
+        if exclude_streams:
+            pending.append(
+                (OutboxRecord.topic + STREAM_SEPARATOR + OutboxRecord.key).not_in(exclude_streams)
+            )
         candidates = (
             select(OutboxRecord.id)
             .where(*pending)
@@ -166,20 +175,20 @@ class OutboxRelay:
         producer = await self._ensure_producer()
         now = asyncio.get_running_loop().time()
         self._not_before = {k: t for k, t in self._not_before.items() if t > now}
-        rows = await self.claim(exclude_keys=set(self._chains) | set(self._not_before))
+        rows = await self.claim(exclude_streams=set(self._chains) | set(self._not_before))
         if not rows:
             return 0
-        by_key: dict[str, list[OutboxRecord]] = defaultdict(list)
+        streams: dict[str, list[OutboxRecord]] = defaultdict(list)
         for row in rows:
-            by_key[row.key].append(row)
-        for key, chain in by_key.items():
-            self._chains[key] = asyncio.create_task(self._publish_chain(producer, key, chain))
+            streams[stream_of(row)].append(row)
+        for stream, chain in streams.items():
+            self._chains[stream] = asyncio.create_task(self._publish_chain(producer, stream, chain))
         return len(rows)
 
     async def _publish_chain(
-        self, producer: AIOKafkaProducer, key: str, chain: list[OutboxRecord]
+        self, producer: AIOKafkaProducer, stream: str, chain: list[OutboxRecord]
     ) -> None:
-        """One patient's rows, one after the other: a later event never overtakes an earlier one."""
+        """One stream's rows, one after the other: a later event never overtakes an earlier one."""
         remaining = [row.id for row in chain]
         try:
             for row in chain:
@@ -194,10 +203,10 @@ class OutboxRelay:
             self._failed_chains += 1
             self._last_error = error
             backoff = min(self.settings.relay_backoff_max_seconds, 0.5)
-            self._not_before[key] = asyncio.get_running_loop().time() + backoff
+            self._not_before[stream] = asyncio.get_running_loop().time() + backoff
         finally:
             self._unsent.extend(remaining)
-            del self._chains[key]
+            del self._chains[stream]
             self._wakeup.set()
 
     async def _settle(self) -> None:

@@ -37,6 +37,7 @@ class Router:
         settings: Settings,
         table: RoutingTable | None = None,
         after_write: Callable[[str], None] | None = None,
+        outbox_written: asyncio.Event | None = None,
     ) -> None:
         self.sessions = sessions
         self.broker = broker
@@ -45,6 +46,9 @@ class Router:
         self.zone = ZoneInfo(settings.timezone)
         # Fault injection for tests: called after the database commit, before the offset commit.
         self.after_write = after_write
+        # The notification records it writes go out through the outbox: wake this process's
+        # relay rather than leave them to its next poll.
+        self.outbox_written = outbox_written
         self.handled = 0  # records taken from Kafka (a redelivery counts again)
         self.routed = 0  # events this router routed (a redelivery of a routed event does not)
 
@@ -100,6 +104,8 @@ class Router:
                 session, event, self.table, self.zone, self.settings.consent_default
             )
             await session.commit()
+        if outcome.notified and self.outbox_written is not None:
+            self.outbox_written.set()
         if not outcome.already_routed:
             self.routed += 1
             log.info(
@@ -132,7 +138,7 @@ class Router:
 
 async def run_router(hub) -> None:  # noqa: ANN001 - Hub, imported lazily to avoid a cycle
     assert hub.broker is not None
-    await Router(hub.sessions, hub.broker, hub.settings).run()
+    await Router(hub.sessions, hub.broker, hub.settings, outbox_written=hub.outbox_written).run()
 
 
 __all__ = ["Router", "run_router"]
