@@ -32,6 +32,7 @@ from services.intake.models import Event
 log = logging.getLogger(__name__)
 BATCH = 200
 MAX_CHAINS = 500  # streams in flight at once
+CLOSE_SECONDS = 5.0
 STREAM_SEPARATOR = "\x1f"  # cannot occur in a topic name
 
 
@@ -121,8 +122,9 @@ class OutboxRelay:
     async def _close_producer(self) -> None:
         producer, self._producer = self._producer, None
         if producer is not None:
+            # A producer flushing to an unreachable broker may wait out its timeouts: bounded.
             with contextlib.suppress(Exception):
-                await producer.stop()
+                await asyncio.wait_for(producer.stop(), CLOSE_SECONDS)
 
     async def claim(self, exclude_streams: set[str] | None = None) -> list[OutboxRecord]:
         """Claim up to BATCH unsent rows; a claim expires so a crashed relay's rows come back.

@@ -6,7 +6,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -64,12 +63,21 @@ class Hub:
         self._tasks.append(task)
         return task
 
-    async def stop(self) -> None:
+    async def stop(self, grace: float = 15.0) -> None:
+        """Stop the workers, giving them ``grace`` seconds to hand back their work.
+
+        Bounded on purpose: a Kafka client stuck closing against an unreachable broker must
+        not keep the hub (or Ctrl-C) waiting; anything a worker did not hand back is still in
+        the database (claims expire, offsets were not committed).
+        """
         for task in self._tasks:
             task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        if self._tasks:
+            _done, stuck = await asyncio.wait(self._tasks, timeout=grace)
+            for task in stuck:
+                log.warning(
+                    "worker %s did not stop within %.0fs; leaving it", task.get_name(), grace
+                )
         self._tasks.clear()
         if self._embedded is not None:
             await asyncio.to_thread(self._embedded.stop)

@@ -73,10 +73,12 @@ class Router:
                 )
                 await asyncio.sleep(delay)
             finally:
+                # Bounded: leaving the group or flushing against a broker that is gone must
+                # not hold up a shutdown (the uncommitted offsets are simply read again).
                 with contextlib.suppress(Exception):
-                    await consumer.stop()
+                    await asyncio.wait_for(consumer.stop(), 5)
                 with contextlib.suppress(Exception):
-                    await dlq.stop()
+                    await asyncio.wait_for(dlq.stop(), 5)
 
     async def _consume(self, consumer: AIOKafkaConsumer, dlq: AIOKafkaProducer) -> None:
         while True:
