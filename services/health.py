@@ -7,7 +7,7 @@ from fastapi.responses import JSONResponse
 from sqlalchemy import text
 
 from renkei.hub import Hub
-from schemas.events import EVENT_SYSTEM
+from schemas.events import EVENT_SYSTEM, EventType
 from services.dependencies import get_hub
 from services.errors import FHIR_JSON
 from services.registry.models import REGISTRY_TYPES
@@ -108,7 +108,7 @@ async def metadata() -> JSONResponse:
             {
                 "supportedMessage": [
                     {"mode": "receiver", "definition": f"{EVENT_SYSTEM}#{code}"}
-                    for code in ("admission", "discharge", "acute-change", "end-of-life")
+                    for code in EventType
                 ]
             }
         ],

@@ -369,9 +369,11 @@ async def test_unmatched_patient_is_accepted_and_queued(api) -> None:
     basic = entry["resource"]
     assert basic["id"] == event_id
     assert basic["author"] == {"reference": f"Organization/{HOSPITAL}"}
+    # FHIR extension URLs are absolute: the hub's canonical base.
+    base = "https://renkei-hub.example.jp/fhir/StructureDefinition/unmatched"
     extensions = {e["url"]: e for e in basic["extension"]}
-    assert extensions["event-type"]["valueCode"] == "admission"
-    assert extensions["patient-identifier"]["valueIdentifier"]["value"] == "99999999"
+    assert extensions[f"{base}-event-type"]["valueCode"] == "admission"
+    assert extensions[f"{base}-patient-identifier"]["valueIdentifier"]["value"] == "99999999"
     # Nothing is in the outbox yet: an unmatched event is not routed.
     async with api.hub.sessions() as session:
         assert await session.scalar(select(func.count()).select_from(OutboxRecord)) == 0

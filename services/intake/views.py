@@ -9,6 +9,7 @@ from fastapi.responses import JSONResponse
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from renkei.hub import Hub
+from schemas.canonical import CANONICAL_BASE
 from schemas.message import parse_message
 from schemas.outcome import accepted_outcome
 from services.auth.dependencies import require_role
@@ -21,6 +22,8 @@ from services.intake.models import Event
 router = APIRouter()
 
 SENDERS = (Role.SYSTEM, Role.MEMBER, Role.ADMIN)
+# Extensions on the unmatched-event summaries (FHIR extension URLs must be absolute).
+UNMATCHED = f"{CANONICAL_BASE}/StructureDefinition/unmatched"
 
 
 async def read_limited(request: Request, limit: int) -> bytes:
@@ -100,10 +103,10 @@ def _as_message_summary(event: Event) -> dict:
         "author": {"reference": f"Organization/{event.sender_org_id}"},
         "created": event.accepted_at.date().isoformat(),
         "extension": [
-            {"url": "event-type", "valueCode": event.event_type},
-            {"url": "accepted-at", "valueDateTime": event.accepted_at.isoformat()},
+            {"url": f"{UNMATCHED}-event-type", "valueCode": event.event_type},
+            {"url": f"{UNMATCHED}-accepted-at", "valueDateTime": event.accepted_at.isoformat()},
             *(
-                {"url": "patient-identifier", "valueIdentifier": identifier}
+                {"url": f"{UNMATCHED}-patient-identifier", "valueIdentifier": identifier}
                 for identifier in patient.get("identifier", [])
             ),
         ],

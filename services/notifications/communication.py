@@ -7,7 +7,14 @@ import json
 from typing import Any
 
 from consumers.routing.rules import due_for
-from schemas.events import EVENT_RULES, EVENT_SYSTEM, CareTeamRole, EventType
+from schemas.canonical import EVENT_ID_SYSTEM
+from schemas.events import (
+    CARE_TEAM_ROLE_SYSTEM,
+    EVENT_RULES,
+    EVENT_SYSTEM,
+    CareTeamRole,
+    EventType,
+)
 from services.intake.models import Event
 from services.notifications.models import Notification
 
@@ -51,7 +58,7 @@ def to_communication(notification: Notification, event: Event, zone) -> dict[str
                 notification.acknowledged_at or notification.read_at or notification.sent
             ).isoformat()
         },
-        "identifier": [{"system": f"{EVENT_SYSTEM.rsplit('/', 2)[0]}/event-id", "value": event.id}],
+        "identifier": [{"system": EVENT_ID_SYSTEM, "value": event.id}],
         "status": status_of(notification),
         "category": [
             {
@@ -70,7 +77,7 @@ def to_communication(notification: Notification, event: Event, zone) -> dict[str
             {
                 "coding": [
                     {
-                        "system": f"{EVENT_SYSTEM.rsplit('/', 1)[0]}/care-team-role",
+                        "system": CARE_TEAM_ROLE_SYSTEM,
                         "code": role.value,
                     }
                 ]

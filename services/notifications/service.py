@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import Select, or_, select
+from sqlalchemy import Select, func, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from renkei.db import utcnow
@@ -83,8 +83,6 @@ async def search(
         query = query.where(Notification.patient_id == filters.subject.removeprefix("Patient/"))
     if filters.since:
         query = query.where(Notification.sent >= filters.since)
-    from sqlalchemy import func
-
     total = await session.scalar(select(func.count()).select_from(query.subquery()))
     rows = await session.execute(
         query.order_by(Notification.sent.desc(), Notification.id.desc()).limit(count).offset(offset)
