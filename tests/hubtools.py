@@ -51,15 +51,19 @@ def sender_of(bundle: dict) -> str:
     return bundle["entry"][0]["resource"]["sender"]["reference"].removeprefix("Organization/")
 
 
+async def unrouted_count(hub: Hub, event_ids: list[str]) -> int:
+    async with hub.sessions() as session:
+        return await session.scalar(
+            select(func.count())
+            .select_from(Event)
+            .where(Event.id.in_(event_ids), Event.routed_at.is_(None))
+        )
+
+
 async def wait_routed(hub: Hub, event_ids: list[str], within: float = 30.0) -> None:
     deadline = asyncio.get_running_loop().time() + within
     while True:
-        async with hub.sessions() as session:
-            pending = await session.scalar(
-                select(func.count())
-                .select_from(Event)
-                .where(Event.id.in_(event_ids), Event.routed_at.is_(None))
-            )
+        pending = await unrouted_count(hub, event_ids)
         if pending == 0:
             return
         if asyncio.get_running_loop().time() > deadline:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from deploy.kafka.cluster import TEMPLATE, render_server_properties
+from deploy.kafka.cluster import LOCAL_SIZING, TEMPLATE, render_server_properties
 from deploy.production import render
 from renkei.settings import Settings
 
@@ -279,12 +279,7 @@ def local_render(nodes: int) -> list[str]:
             log_dir=Path(f"/tmp/kafka/node-{n}/data"),
             replication_factor=3 if nodes >= 3 else nodes,
             min_isr=2 if nodes >= 3 else 1,
-            internal_topic_partitions=6,
-            network_threads=2,
-            io_threads=2,
-            background_threads=2,
-            segment_bytes=16 * 1024 * 1024,
-            session_timeout_ms=6000,
+            **LOCAL_SIZING,
         )
         for n in range(1, nodes + 1)
     ]

@@ -210,6 +210,18 @@ SERVER_PROPERTIES_DEFAULTS: dict[str, object] = {
 }
 
 
+# What the local clusters run with on a 2-core machine (production passes its own values).
+LOCAL_SIZING: dict[str, int] = {
+    # 50 by default; a handful is plenty for tests and loads much faster.
+    "internal_topic_partitions": 6,
+    "network_threads": 2,
+    "io_threads": 2,
+    "background_threads": 2,
+    "segment_bytes": 16 * 1024 * 1024,
+    "session_timeout_ms": 6000,
+}
+
+
 def render_server_properties(**values: object) -> str:
     """Fill server.properties.template; a missing placeholder is an error, not a blank.
 
@@ -510,13 +522,7 @@ class KafkaCluster:
                     log_dir=node.data_dir,
                     replication_factor=replication,
                     min_isr=min_isr,
-                    # 50 by default; a handful is plenty for tests and loads much faster.
-                    internal_topic_partitions=6,
-                    network_threads=2,
-                    io_threads=2,
-                    background_threads=2,
-                    segment_bytes=16 * 1024 * 1024,
-                    session_timeout_ms=6000,
+                    **LOCAL_SIZING,
                 )
             )
         self.bootstrap = ",".join(f"{_HOST}:{nd.broker_port}" for nd in self._nodes.values())

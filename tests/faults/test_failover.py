@@ -47,7 +47,7 @@ from services.notifications.models import Notification
 from tests.conftest import _api
 from tests.faults import report
 from tests.faults.conftest import HUB_TUNING
-from tests.hubtools import event_id_of, headers, message, sender_of, wait_routed
+from tests.hubtools import event_id_of, headers, message, sender_of, unrouted_count, wait_routed
 
 pytestmark = [pytest.mark.faults, pytest.mark.timeout(420)]
 
@@ -384,13 +384,7 @@ async def drain(hub: Hub, event_ids: list[str], within: float) -> float:
     """Seconds until every event is routed (or ``within`` passed)."""
     started = time.monotonic()
     while time.monotonic() - started < within:
-        async with hub.sessions() as session:
-            pending = await session.scalar(
-                select(func.count())
-                .select_from(Event)
-                .where(Event.id.in_(event_ids), Event.routed_at.is_(None))
-            )
-        if pending == 0:
+        if await unrouted_count(hub, event_ids) == 0:
             break
         await asyncio.sleep(0.2)
     return time.monotonic() - started
