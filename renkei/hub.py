@@ -39,6 +39,7 @@ class Hub:
     async def start(self, *, broker: bool = True, workers: bool = True) -> None:
         await asyncio.to_thread(Path(self.settings.data_dir).mkdir, parents=True, exist_ok=True)
         await migrate(self.engine)
+        await self._ensure_region_office()
         if broker:
             bootstrap = self.settings.kafka_bootstrap
             if not bootstrap:
@@ -57,6 +58,15 @@ class Hub:
 
             self.spawn("outbox-relay", run_relay)
             self.spawn("router", run_router)
+
+    async def _ensure_region_office(self) -> None:
+        from services.registry.service import ensure_region_office
+
+        async with self.sessions() as session:
+            await ensure_region_office(
+                session, self.settings.region_org, self.settings.region_name
+            )
+            await session.commit()
 
     def spawn(self, name: str, worker: Worker) -> asyncio.Task[None]:
         task = asyncio.create_task(worker(self), name=name)

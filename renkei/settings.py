@@ -28,6 +28,10 @@ class Settings(BaseSettings):
     # Prepended to every topic name: several hubs (regions, test runs) can share one cluster.
     topic_prefix: str = ""
     canonical_base: str = "https://renkei-hub.example.jp/fhir"
+    # The region office: the Organization the hub creates at first start, the only holder of
+    # the region-admin role (registry, care teams, consents, the unmatched queue).
+    region_org: str = "region-office"
+    region_name: str = "地域連携相談窓口"
 
     # Topics: created if missing, checked at start.
     topic_partitions: int = 6

@@ -21,7 +21,7 @@ def _headers(org_id: str, role: Role, practitioner: str | None = None) -> dict[s
 
 
 def load_region(client: httpx.Client) -> int:
-    admin = _headers("misawa-community-support", Role.ADMIN)
+    admin = _headers(get_settings().region_org, Role.REGION_ADMIN)
     resources = region_resources()
     for resource in resources:
         url = f"/fhir/{resource['resourceType']}/{resource['id']}"

@@ -293,7 +293,7 @@ async def test_token_signed_by_another_key_is_401(api) -> None:
         "aud": "renkei-hub",
         "sub": f"Organization/{HOSPITAL}",
         "org": HOSPITAL,
-        "role": "admin",
+        "role": "org-admin",
         "iat": now,
         "exp": now + 600,
         "jti": "forged",
@@ -304,7 +304,7 @@ async def test_token_signed_by_another_key_is_401(api) -> None:
     )
     assert_outcome(response, 401, "login", "not valid")
     # The same claims signed with the hub's own key are accepted: only the key was wrong.
-    genuine = headers(api.hub, HOSPITAL, "admin")
+    genuine = headers(api.hub, HOSPITAL, "org-admin")
     response = await api.client.post(PROCESS, content=dumps(admission()), headers=genuine)
     assert response.status_code == 202, response.text
     assert await _events(api) == 1
@@ -345,13 +345,13 @@ async def link(api, event_id: str, body) -> object:
     return await api.client.post(
         f"{QUEUE}/{event_id}/$link",
         content=json.dumps(body),
-        headers=headers(api.hub, "misawa-community-support", "admin"),
+        headers=headers(api.hub, "region-office", "region-admin"),
     )
 
 
 async def queue_ids(api) -> list[str]:
     response = await api.client.get(
-        QUEUE, headers=headers(api.hub, "misawa-community-support", "admin")
+        QUEUE, headers=headers(api.hub, "region-office", "region-admin")
     )
     assert response.status_code == 200, response.text
     return [entry["resource"]["id"] for entry in response.json()["entry"]]
@@ -360,7 +360,7 @@ async def queue_ids(api) -> list[str]:
 async def test_unmatched_patient_is_accepted_and_queued(api) -> None:
     await load_region(api.hub)
     event_id = await post_unmatched(api)
-    admin = headers(api.hub, "misawa-community-support", "admin")
+    admin = headers(api.hub, "region-office", "region-admin")
     response = await api.client.get(QUEUE, headers=admin)
     assert response.status_code == 200
     bundle = response.json()
@@ -386,9 +386,9 @@ async def test_the_queue_is_for_admins_only(api) -> None:
     await post_unmatched(api)
     for role in ("member", "system", "auditor"):
         response = await api.client.get(
-            QUEUE, headers=headers(api.hub, "misawa-community-support", role)
+            QUEUE, headers=headers(api.hub, "region-office", role)
         )
-        assert_outcome(response, 403, "forbidden", "admin")
+        assert_outcome(response, 403, "forbidden", "region-admin")
     response = await api.client.get(QUEUE)
     assert_outcome(response, 401, "login", "token")
 
@@ -404,7 +404,7 @@ async def test_link_then_link_again_then_unknown_patient(api) -> None:
         json={"patient": "Patient/p01"},
         headers=headers(api.hub, HOSPITAL, "member"),
     )
-    assert_outcome(member, 403, "forbidden", "admin")
+    assert_outcome(member, 403, "forbidden", "region-admin")
 
     first = await link(api, event_id, {"patient": "Patient/p01"})
     assert first.status_code == 200, first.text

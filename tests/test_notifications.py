@@ -333,7 +333,7 @@ async def test_another_organizations_notification_is_404(live_api) -> None:
     # The pharmacy got its own notification of the same event, but not the nurse's.
     pharmacy = reader(live_api, "chuo-pharmacy")
     assert (await search(live_api, pharmacy))["total"] == 1
-    for hdrs in (pharmacy, headers(live_api.hub, "chuo-pharmacy", "admin")):
+    for hdrs in (pharmacy, headers(live_api.hub, "chuo-pharmacy", "org-admin")):
         for method, path in [("GET", ""), ("POST", "/$read"), ("POST", "/$acknowledge")]:
             response = await live_api.client.request(method, f"{LIST}/{cid}{path}", headers=hdrs)
             assert_outcome(response, 404, "not-found")

@@ -473,7 +473,7 @@ async def test_wrong_resource_type_and_identifier_too_long(db_sessions) -> None:
 
 
 def admin(api) -> dict[str, str]:
-    return api.headers("region", role="admin")
+    return api.headers("region-office", role="region-admin")
 
 
 def member(api) -> dict[str, str]:
@@ -559,28 +559,29 @@ async def test_http_search_paging(api) -> None:
         await api.client.put(
             f"/fhir/Organization/o{n}", json=organization(f"o{n}"), headers=admin(api)
         )
+    # The region office is created by the hub at start: six organizations in all.
     seen: list[str] = []
     url: str | None = "/fhir/Organization?_count=2"
     pages = 0
     while url:
         bundle = (await api.client.get(url, headers=member(api))).json()
-        assert bundle["total"] == 5
+        assert bundle["total"] == 6
         seen += [e["resource"]["id"] for e in bundle["entry"]]
         links = {link["relation"]: link["url"] for link in bundle["link"]}
         if pages:
             assert "previous" in links
         url = links.get("next")
         pages += 1
-    assert seen == ["o0", "o1", "o2", "o3", "o4"] and pages == 3
+    assert seen == ["o0", "o1", "o2", "o3", "o4", "region-office"] and pages == 3
     last = (
         await api.client.get("/fhir/Organization?_count=2&_offset=4", headers=member(api))
     ).json()
     assert "next" not in {link["relation"] for link in last["link"]}
 
     capped = (await api.client.get("/fhir/Organization?_count=100000", headers=member(api))).json()
-    assert len(capped["entry"]) == 5
+    assert len(capped["entry"]) == 6
     only_total = (await api.client.get("/fhir/Organization?_count=0", headers=member(api))).json()
-    assert only_total["total"] == 5 and only_total["entry"] == []
+    assert only_total["total"] == 6 and only_total["entry"] == []
     bad = await api.client.get("/fhir/Organization?_count=-1", headers=member(api))
     assert_outcome(bad, 400, "_count")
 

@@ -24,7 +24,12 @@ KEY_FILE = "token-signing-ed25519.pem"
 
 
 class Role(StrEnum):
-    ADMIN = "admin"
+    # The region's coordination office (相談窓口/事務局): registry, care teams, consents, the
+    # unmatched queue. Only the region office (settings.region_org) may hold it.
+    REGION_ADMIN = "region-admin"
+    # An organization's own administrator: its Organization, Practitioners, PractitionerRoles
+    # and machine clients.
+    ORG_ADMIN = "org-admin"
     MEMBER = "member"
     SYSTEM = "system"
     AUDITOR = "auditor"

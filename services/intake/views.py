@@ -21,7 +21,7 @@ from services.intake.models import Event
 
 router = APIRouter()
 
-SENDERS = (Role.SYSTEM, Role.MEMBER, Role.ADMIN)
+SENDERS = (Role.SYSTEM, Role.MEMBER, Role.ORG_ADMIN)
 # Extensions on the unmatched-event summaries (FHIR extension URLs must be absolute).
 UNMATCHED = f"{CANONICAL_BASE}/StructureDefinition/unmatched"
 
@@ -69,7 +69,7 @@ async def process_message(
 
 @router.get("/admin/unmatched-events")
 async def list_unmatched(
-    _admin: Principal = Depends(require_role(Role.ADMIN)),
+    _admin: Principal = Depends(require_role(Role.REGION_ADMIN)),
     session: AsyncSession = Depends(get_session),
     _count: int = 50,
     _offset: int = 0,
@@ -118,7 +118,7 @@ async def link_unmatched(
     event_id: str,
     request: Request,
     hub: Hub = Depends(get_hub),
-    _admin: Principal = Depends(require_role(Role.ADMIN)),
+    _admin: Principal = Depends(require_role(Role.REGION_ADMIN)),
     session: AsyncSession = Depends(get_session),
 ) -> JSONResponse:
     """Body: ``{"patient": "Patient/<id>"}`` (a FHIR Parameters with ``patient`` works too)."""

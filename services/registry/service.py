@@ -209,6 +209,36 @@ async def practitioner_role_ids(
 # Writes
 
 
+async def ensure_region_office(session: AsyncSession, org_id: str, name: str) -> None:
+    """Create the region office's Organization if it is missing (the hub's first start).
+
+    It is the only organization whose tokens may carry the region-admin role; an existing
+    resource is left as the region wrote it.
+    """
+    if await read(session, "Organization", org_id) is not None:
+        return
+    body = {
+        "resourceType": "Organization",
+        "id": org_id,
+        "active": True,
+        "type": [
+            {
+                "coding": [
+                    {
+                        "system": "http://terminology.hl7.org/CodeSystem/organization-type",
+                        "code": "govt",
+                    }
+                ]
+            }
+        ],
+        "name": name,
+    }
+    try:
+        await write(session, "Organization", body, org_id)
+    except InvalidMessage:
+        return  # a concurrent first start created it (409): that is the same outcome
+
+
 async def write(
     session: AsyncSession,
     resource_type: str,

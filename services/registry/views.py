@@ -31,7 +31,7 @@ router = APIRouter(prefix="/fhir")
 
 # Dependencies as types (not call defaults): any authenticated caller may read; only admins write.
 Reader = Annotated[Principal, Depends(current_principal)]
-Admin = Annotated[Principal, Depends(require_role(Role.ADMIN))]
+Admin = Annotated[Principal, Depends(require_role(Role.REGION_ADMIN))]
 Session = Annotated[AsyncSession, Depends(get_session)]
 HubDep = Annotated[Hub, Depends(get_hub)]
 
