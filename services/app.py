@@ -5,11 +5,12 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
 from fastapi.responses import JSONResponse
 
 from renkei.hub import Hub
 from services import health
+from services.auth.policy import authorize
 from services.errors import install_error_handlers
 from services.intake.views import router as intake_router
 from services.notifications.views import router as notifications_router
@@ -34,6 +35,8 @@ def create_app(hub: Hub, *, manage_hub: bool = False) -> FastAPI:
         version="0.1.0",
         lifespan=lifespan,
         default_response_class=JSONResponse,
+        # Every route passes the access policy's rule before its own code runs.
+        dependencies=[Depends(authorize)],
     )
     app.state.hub = hub
     install_error_handlers(app)

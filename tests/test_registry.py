@@ -480,6 +480,11 @@ def member(api) -> dict[str, str]:
     return api.headers("clinic", role="member")
 
 
+def office(api) -> dict[str, str]:
+    """A person at the region office: reads every patient (need to know: tests/test_policy.py)."""
+    return api.headers("region-office", role="member")
+
+
 def assert_outcome(response, status: int, expression: str | None = None) -> dict:
     assert response.status_code == status, response.text
     assert response.headers["content-type"].startswith(FHIR_JSON)
@@ -503,11 +508,11 @@ async def test_http_create_read(api) -> None:
     assert created.headers["etag"] == 'W/"1"'
     assert stored["meta"]["versionId"] == "1"
 
-    read = await api.client.get(f"/fhir/Patient/{new_id}", headers=member(api))
+    read = await api.client.get(f"/fhir/Patient/{new_id}", headers=office(api))
     assert read.status_code == 200 and read.json() == stored
     assert read.headers["etag"] == 'W/"1"' and "last-modified" in read.headers
 
-    missing = await api.client.get("/fhir/Patient/nobody", headers=member(api))
+    missing = await api.client.get("/fhir/Patient/nobody", headers=office(api))
     assert_outcome(missing, 404)
 
 
@@ -522,7 +527,7 @@ async def test_http_update_as_create_then_update(api, resource_type: str) -> Non
     assert second.headers["location"] == f"{url}/_history/2"
     assert second.headers["etag"] == 'W/"2"'
     assert second.json()["meta"]["versionId"] == "2"
-    read = await api.client.get(url, headers=member(api))
+    read = await api.client.get(url, headers=office(api))
     assert read.json()["meta"]["versionId"] == "2"
 
 
@@ -537,7 +542,7 @@ async def test_http_search_bundle(api) -> None:
         body = patient(pid, (CLINIC_PATIENTS, value))
         await api.client.put(f"/fhir/Patient/{pid}", json=body, headers=admin(api))
     response = await api.client.get(
-        "/fhir/Patient", params={"identifier": f"{CLINIC_PATIENTS}|222"}, headers=member(api)
+        "/fhir/Patient", params={"identifier": f"{CLINIC_PATIENTS}|222"}, headers=office(api)
     )
     assert response.status_code == 200
     assert response.headers["content-type"].startswith(FHIR_JSON)
@@ -550,7 +555,7 @@ async def test_http_search_bundle(api) -> None:
     self_link = next(link["url"] for link in bundle["link"] if link["relation"] == "self")
     assert parse_qs(urlsplit(self_link).query)["identifier"] == [f"{CLINIC_PATIENTS}|222"]
 
-    by_value = await api.client.get("/fhir/Patient?identifier=111", headers=member(api))
+    by_value = await api.client.get("/fhir/Patient?identifier=111", headers=office(api))
     assert [e["resource"]["id"] for e in by_value.json()["entry"]] == ["p1"]
 
 

@@ -12,8 +12,8 @@ from renkei.hub import Hub
 from schemas.canonical import CANONICAL_BASE
 from schemas.message import parse_message
 from schemas.outcome import accepted_outcome
-from services.auth.dependencies import require_role
-from services.auth.service import Principal, Role
+from services.auth.policy import caller
+from services.auth.service import Principal
 from services.dependencies import get_hub, get_session
 from services.errors import FHIR_JSON, FhirError
 from services.intake import service
@@ -21,7 +21,6 @@ from services.intake.models import Event
 
 router = APIRouter()
 
-SENDERS = (Role.SYSTEM, Role.MEMBER, Role.ORG_ADMIN)
 # Extensions on the unmatched-event summaries (FHIR extension URLs must be absolute).
 UNMATCHED = f"{CANONICAL_BASE}/StructureDefinition/unmatched"
 
@@ -42,7 +41,7 @@ async def read_limited(request: Request, limit: int) -> bytes:
 @router.post("/fhir/$process-message")
 async def process_message(
     request: Request,
-    principal: Principal = Depends(require_role(*SENDERS)),
+    principal: Principal = Depends(caller),
     session: AsyncSession = Depends(get_session),
     hub: Hub = Depends(get_hub),
 ) -> JSONResponse:
@@ -69,7 +68,7 @@ async def process_message(
 
 @router.get("/admin/unmatched-events")
 async def list_unmatched(
-    _admin: Principal = Depends(require_role(Role.REGION_ADMIN)),
+    _admin: Principal = Depends(caller),
     session: AsyncSession = Depends(get_session),
     _count: int = 50,
     _offset: int = 0,
@@ -118,7 +117,7 @@ async def link_unmatched(
     event_id: str,
     request: Request,
     hub: Hub = Depends(get_hub),
-    _admin: Principal = Depends(require_role(Role.REGION_ADMIN)),
+    _admin: Principal = Depends(caller),
     session: AsyncSession = Depends(get_session),
 ) -> JSONResponse:
     """Body: ``{"patient": "Patient/<id>"}`` (a FHIR Parameters with ``patient`` works too)."""

@@ -11,7 +11,7 @@ from fastapi.responses import JSONResponse
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from renkei.hub import Hub
-from services.auth.dependencies import current_principal
+from services.auth.policy import caller
 from services.auth.service import Principal
 from services.dependencies import get_hub, get_session
 from services.errors import FHIR_JSON, FhirError
@@ -62,7 +62,7 @@ async def search(
     received_missing: str | None = Query(None, alias="received:missing"),
     count: int = Query(20, alias="_count", ge=1, le=200),
     offset: int = Query(0, alias="_offset", ge=0),
-    principal: Principal = Depends(current_principal),
+    principal: Principal = Depends(caller),
     session: AsyncSession = Depends(get_session),
     hub: Hub = Depends(get_hub),
 ) -> JSONResponse:
@@ -107,7 +107,7 @@ def _url(request: Request, params: dict[str, str], offset: int) -> str:
 @router.get("/{notification_id}", name="read_communication")
 async def read(
     notification_id: str,
-    principal: Principal = Depends(current_principal),
+    principal: Principal = Depends(caller),
     session: AsyncSession = Depends(get_session),
     hub: Hub = Depends(get_hub),
 ) -> JSONResponse:
@@ -120,7 +120,7 @@ async def read(
 @router.post("/{notification_id}/$read")
 async def mark_read(
     notification_id: str,
-    principal: Principal = Depends(current_principal),
+    principal: Principal = Depends(caller),
     session: AsyncSession = Depends(get_session),
     hub: Hub = Depends(get_hub),
 ) -> JSONResponse:
@@ -133,7 +133,7 @@ async def mark_read(
 @router.post("/{notification_id}/$acknowledge")
 async def acknowledge(
     notification_id: str,
-    principal: Principal = Depends(current_principal),
+    principal: Principal = Depends(caller),
     session: AsyncSession = Depends(get_session),
     hub: Hub = Depends(get_hub),
 ) -> JSONResponse:

@@ -15,7 +15,7 @@ import copy
 import logging
 import re
 import uuid
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from datetime import datetime
 from typing import Any
 
@@ -105,20 +105,28 @@ async def search(
     *,
     offset: int = 0,
     limit: int | None = None,
+    patients: Collection[str] | None = None,
 ) -> list[RegistryResource]:
     """Resources of ``resource_type`` matching every parameter (AND), ordered by id.
 
     ``offset``/``limit`` let the views page in SQL instead of loading the whole registry.
+    ``patients``: only resources about these Patient ids (the caller's need to know).
     """
-    query = _search_query(resource_type, params).order_by(RegistryResource.id).offset(offset)
+    query = _search_query(resource_type, params, patients)
+    query = query.order_by(RegistryResource.id).offset(offset)
     if limit is not None:
         query = query.limit(limit)
     return list((await session.scalars(query)).all())
 
 
-async def search_total(session: AsyncSession, resource_type: str, params: Mapping[str, str]) -> int:
+async def search_total(
+    session: AsyncSession,
+    resource_type: str,
+    params: Mapping[str, str],
+    patients: Collection[str] | None = None,
+) -> int:
     """How many resources ``search`` would return without paging (Bundle.total)."""
-    subquery = _search_query(resource_type, params).subquery()
+    subquery = _search_query(resource_type, params, patients).subquery()
     return int(await session.scalar(select(func.count()).select_from(subquery)) or 0)
 
 
@@ -199,6 +207,38 @@ async def practitioner_role_ids(
         .where(RegistryResource.id.in_(at_org))
         .where(
             or_(RegistryResource.id == practitioner_id, RegistryResource.id.in_(of_practitioner))
+        )
+        .order_by(RegistryResource.id)
+    )
+    return list((await session.scalars(query)).all())
+
+
+async def role_ids_at(session: AsyncSession, org_id: str) -> list[str]:
+    """Ids of the PractitionerRoles at Organization/<org_id> (need to know goes through them)."""
+    query = _referencing_ids("PractitionerRole", "organization", f"Organization/{org_id}")
+    return list((await session.scalars(query)).all())
+
+
+async def role_organizations(session: AsyncSession, practitioner_id: str) -> set[str]:
+    """"Organization/x" of every PractitionerRole of Practitioner/<practitioner_id>."""
+    roles = _referencing_ids("PractitionerRole", "practitioner", f"Practitioner/{practitioner_id}")
+    query = select(RegistryReference.target).where(
+        RegistryReference.resource_type == "PractitionerRole",
+        RegistryReference.name == "organization",
+        RegistryReference.resource_id.in_(roles),
+    )
+    return set((await session.scalars(query)).all())
+
+
+async def care_teams_with_members(session: AsyncSession, references: list[str]) -> list[dict]:
+    """CareTeam bodies with any of ``references`` as a participant (any status or period)."""
+    if not references:
+        return []
+    query = (
+        select(RegistryResource.body)
+        .where(RegistryResource.resource_type == "CareTeam")
+        .where(
+            RegistryResource.id.in_(_referencing_ids("CareTeam", "participant", *references))
         )
         .order_by(RegistryResource.id)
     )
@@ -539,12 +579,16 @@ async def _reindex(
 # Search helpers
 
 
-def _search_query(resource_type: str, params: Mapping[str, str]) -> Select:
+def _search_query(
+    resource_type: str, params: Mapping[str, str], patients: Collection[str] | None = None
+) -> Select:
     if resource_type not in REGISTRY_TYPES:
         raise InvalidMessage(
             [Issue("error", "not-supported", "not a registry resource type", "resourceType")], 404
         )
     query = select(RegistryResource).where(RegistryResource.resource_type == resource_type)
+    if patients is not None:
+        query = query.where(_about_patients(resource_type, patients))
     reference_params = _REFERENCE_PARAMS[resource_type]
     for name, value in params.items():
         if name in _PAGING_PARAMS:
@@ -575,6 +619,15 @@ def _search_query(resource_type: str, params: Mapping[str, str]) -> Select:
                 RegistryResource.id.in_(_referencing_ids(resource_type, index_name, *targets))
             )
     return query
+
+
+def _about_patients(resource_type: str, patients: Collection[str]):
+    """The resources of a patient-data type that are about one of ``patients``."""
+    if resource_type == "Patient":
+        return RegistryResource.id.in_(sorted(patients))
+    name = "subject" if resource_type == "CareTeam" else "patient"
+    targets = [f"Patient/{p}" for p in sorted(patients)]
+    return RegistryResource.id.in_(_referencing_ids(resource_type, name, *targets))
 
 
 def _identifier_ids(resource_type: str, token: str) -> Select:

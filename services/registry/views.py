@@ -20,8 +20,8 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from renkei.hub import Hub
 from schemas.outcome import InvalidMessage, Issue
-from services.auth.dependencies import current_principal, require_role
-from services.auth.service import Principal, Role
+from services.auth import policy
+from services.auth.service import Principal
 from services.dependencies import get_hub, get_session
 from services.errors import FHIR_JSON, FhirError
 from services.registry import service
@@ -29,9 +29,9 @@ from services.registry.models import REGISTRY_TYPES, RegistryResource
 
 router = APIRouter(prefix="/fhir")
 
-# Dependencies as types (not call defaults): any authenticated caller may read; only admins write.
-Reader = Annotated[Principal, Depends(current_principal)]
-Admin = Annotated[Principal, Depends(require_role(Role.REGION_ADMIN))]
+# Dependencies as types (not call defaults). Who may call which route, and which resources
+# they see or write, is decided in services/auth/policy.py.
+Caller = Annotated[Principal, Depends(policy.caller)]
 Session = Annotated[AsyncSession, Depends(get_session)]
 HubDep = Annotated[Hub, Depends(get_hub)]
 
@@ -46,11 +46,21 @@ MAX_COUNT = 500
 def _read_handler(resource_type: str) -> Callable[..., Awaitable[JSONResponse]]:
     async def read(
         resource_id: str,
-        _principal: Reader,
+        principal: Caller,
         session: Session,
+        hub: HubDep,
     ) -> JSONResponse:
         row = await service.read(session, resource_type, resource_id)
-        if row is None:
+        visible = row is not None and (
+            resource_type in policy.DIRECTORY_TYPES
+            or policy.may_read(
+                await policy.patient_scope(session, principal, hub.settings),
+                resource_type,
+                row.body,
+            )
+        )
+        if row is None or not visible:
+            # Not visible and not there answer alike: a 403 would confirm the person exists.
             raise FhirError(404, "not-found", f"{resource_type} not found", f"{resource_type}.id")
         return _resource_response(row, 200, location=False)
 
@@ -60,15 +70,22 @@ def _read_handler(resource_type: str) -> Callable[..., Awaitable[JSONResponse]]:
 def _search_handler(resource_type: str) -> Callable[..., Awaitable[JSONResponse]]:
     async def search(
         request: Request,
-        _principal: Reader,
+        principal: Caller,
         session: Session,
+        hub: HubDep,
     ) -> JSONResponse:
         params = dict(request.query_params)
         count = _paging_int(params.pop("_count", None), "_count", DEFAULT_COUNT)
         count = min(count, MAX_COUNT)  # FHIR lets a server cap _count rather than refuse
         offset = _paging_int(params.pop("_offset", None), "_offset", 0)
-        total = await service.search_total(session, resource_type, params)
-        rows = await service.search(session, resource_type, params, offset=offset, limit=count)
+        patients = None
+        if resource_type not in policy.DIRECTORY_TYPES:
+            scope = await policy.patient_scope(session, principal, hub.settings)
+            patients = policy.patient_filter(scope, resource_type)
+        total = await service.search_total(session, resource_type, params, patients)
+        rows = await service.search(
+            session, resource_type, params, offset=offset, limit=count, patients=patients
+        )
         return JSONResponse(
             _searchset(request, resource_type, params, rows, total, count, offset),
             media_type=FHIR_JSON,
@@ -80,11 +97,13 @@ def _search_handler(resource_type: str) -> Callable[..., Awaitable[JSONResponse]
 def _create_handler(resource_type: str) -> Callable[..., Awaitable[JSONResponse]]:
     async def create(
         request: Request,
-        _admin: Admin,
+        principal: Caller,
         session: Session,
         hub: HubDep,
     ) -> JSONResponse:
         body = await _resource_body(request, resource_type, hub.settings.max_message_bytes)
+        body_id = body.get("id") if isinstance(body.get("id"), str) else None
+        await policy.check_write(session, principal, resource_type, body_id, body)
         row, _created = await service.write(session, resource_type, body)
         await session.commit()
         return _resource_response(row, 201, location=True)
@@ -96,11 +115,12 @@ def _update_handler(resource_type: str) -> Callable[..., Awaitable[JSONResponse]
     async def update(
         resource_id: str,
         request: Request,
-        _admin: Admin,
+        principal: Caller,
         session: Session,
         hub: HubDep,
     ) -> JSONResponse:
         body = await _resource_body(request, resource_type, hub.settings.max_message_bytes)
+        await policy.check_write(session, principal, resource_type, resource_id, body)
         row, created = await service.write(session, resource_type, body, resource_id)
         await session.commit()
         return _resource_response(row, 201 if created else 200, location=True)
