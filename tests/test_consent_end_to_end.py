@@ -404,3 +404,16 @@ def test_demo_region_team_has_an_emergency_hospital() -> None:
     for team in (TEAM_A, TEAM_B):
         assert team["emergency-hospital"] == HOSPITAL
     assert copy.deepcopy(TEAM_A) == TEAM_A
+
+
+async def test_opt_out_region_shares_without_consent_but_not_over_a_deny(hub_factory) -> None:
+    hub = await hub_factory(consent_default="opt-out")
+    await load_region(hub)
+    transport = httpx.ASGITransport(app=create_app(hub))
+    async with httpx.AsyncClient(transport=transport, base_url="http://hub") as client:
+        no_consent = await accept(hub, client, message(EventType.ADMISSION, "p03"))
+        denied = await accept(hub, client, message(EventType.ADMISSION, "p02"))
+        await wait_routed(hub, [no_consent, denied])
+    assert {r for r, _bg, _c in (await decisions(hub, no_consent)).values()} == {"opt-out-default"}
+    assert set(await notifications_of(hub, no_consent)) == ADMISSION_TEAM_A
+    assert await suppressed_of(hub, denied) == {PHARMACY: "consent-deny-organization"}

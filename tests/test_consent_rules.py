@@ -417,3 +417,14 @@ def test_break_glass_twice_or_too_long_is_refused() -> None:
         marked(ACUTE, glass("x" * 1001)), "too-long",
         "Bundle.entry[0].resource.extension[0].valueString",
     )  # fmt: skip
+
+
+def test_consent_default_setting_is_opt_in_or_opt_out() -> None:
+    from pydantic import ValidationError
+
+    from renkei.settings import Settings
+
+    assert Settings().consent_default == "opt-in"
+    assert Settings(consent_default="opt-out").consent_default == "opt-out"
+    with pytest.raises(ValidationError):
+        Settings(consent_default="optout")
