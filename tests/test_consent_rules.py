@@ -428,3 +428,15 @@ def test_consent_default_setting_is_opt_in_or_opt_out() -> None:
     assert Settings(consent_default="opt-out").consent_default == "opt-out"
     with pytest.raises(ValidationError):
         Settings(consent_default="optout")
+
+
+def test_break_glass_extension_is_published_as_a_structure_definition() -> None:
+    from fhir.resources.R4B.structuredefinition import StructureDefinition
+
+    from schemas.break_glass import structure_definition
+
+    definition = structure_definition()
+    StructureDefinition.model_validate(definition)
+    assert definition["url"] == BREAK_GLASS_EXTENSION
+    [value] = [e for e in definition["differential"]["element"] if e["path"].endswith("value[x]")]
+    assert value["type"] == [{"code": "string"}] and value["min"] == 1
