@@ -112,7 +112,7 @@ def consent_decision(
     at: datetime,
     zone: ZoneInfo,
     default: str,
-    event_type: EventType | None = None,
+    event_type: EventType,
     recipient: str | None = None,
 ) -> ConsentDecision:
     """May this patient's event (of ``event_type``) be shared with ``org_id`` at ``at``?
@@ -131,7 +131,7 @@ def consent_decision(
     if not in_effect:
         return ConsentDecision(False, _out_of_period_reason(active, at, zone))
     actors = {f"Organization/{org_id}"} | ({recipient} if recipient else set())
-    code = event_type.value if event_type is not None else None
+    code = event_type.value
     decision = ConsentDecision(True, CONSENT_PERMIT)
     for consent in in_effect:
         root = _provision(consent)
@@ -168,7 +168,7 @@ def _out_of_period_reason(active: list[dict[str, Any]], at: datetime, zone: Zone
 
 
 def _evaluate(
-    provision: dict[str, Any], actors: set[str], code: str | None, at: datetime, zone: ZoneInfo
+    provision: dict[str, Any], actors: set[str], code: str, at: datetime, zone: ZoneInfo
 ) -> ConsentDecision:
     """The decision of a provision that applies; its nested provisions are its exceptions."""
     nested = [p for p in provision.get("provision", []) if isinstance(p, dict)]
@@ -196,7 +196,7 @@ def _evaluate(
 
 
 def _applies(
-    provision: dict[str, Any], actors: set[str], code: str | None, at: datetime, zone: ZoneInfo
+    provision: dict[str, Any], actors: set[str], code: str, at: datetime, zone: ZoneInfo
 ) -> bool:
     if not within(provision.get("period"), at, zone):
         return False
@@ -223,12 +223,12 @@ def _event_codes(provision: dict[str, Any]) -> set[str]:
     }
 
 
-def _names_code(provision: dict[str, Any], code: str | None) -> bool:
+def _names_code(provision: dict[str, Any], code: str) -> bool:
     """No code: every event type. Codes of other systems name no hub event, so a provision
     that carries only those does not apply to hub events."""
     if not provision.get("code"):
         return True
-    return code is not None and code in _event_codes(provision)
+    return code in _event_codes(provision)
 
 
 def _deny_reason(provision: dict[str, Any]) -> str:
