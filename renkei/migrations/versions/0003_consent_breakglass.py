@@ -20,22 +20,25 @@ branch_labels = None
 depends_on = None
 
 
+# Plain ALTER TABLE ADD COLUMN / DROP COLUMN, not batch mode: on SQLite a batch recreates the
+# table (copy, DROP, rename), and with foreign keys on, dropping ``event`` fails as soon as
+# notifications reference it. Adding a column with a constant default needs no copy.
+
+
 def upgrade() -> None:
-    with op.batch_alter_table("event", schema=None) as batch_op:
-        batch_op.add_column(
-            sa.Column("break_glass", sa.Boolean(), server_default=sa.false(), nullable=False)
-        )
-        batch_op.create_index("ix_event_break_glass", ["break_glass", "accepted_at"], unique=False)
-
-    with op.batch_alter_table("notification", schema=None) as batch_op:
-        batch_op.add_column(
-            sa.Column("content", sa.String(length=16), server_default="full", nullable=False)
-        )
-        batch_op.add_column(
-            sa.Column("break_glass", sa.Boolean(), server_default=sa.false(), nullable=False)
-        )
-        batch_op.add_column(sa.Column("reason", sa.String(length=40), nullable=True))
-
+    op.add_column(
+        "event", sa.Column("break_glass", sa.Boolean(), server_default=sa.false(), nullable=False)
+    )
+    op.create_index("ix_event_break_glass", "event", ["break_glass", "accepted_at"], unique=False)
+    op.add_column(
+        "notification",
+        sa.Column("content", sa.String(length=16), server_default="full", nullable=False),
+    )
+    op.add_column(
+        "notification",
+        sa.Column("break_glass", sa.Boolean(), server_default=sa.false(), nullable=False),
+    )
+    op.add_column("notification", sa.Column("reason", sa.String(length=40), nullable=True))
     op.create_table(
         "break_glass_review",
         sa.Column("event_id", sa.String(length=36), nullable=False),
@@ -50,10 +53,8 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     op.drop_table("break_glass_review")
-    with op.batch_alter_table("notification", schema=None) as batch_op:
-        batch_op.drop_column("reason")
-        batch_op.drop_column("break_glass")
-        batch_op.drop_column("content")
-    with op.batch_alter_table("event", schema=None) as batch_op:
-        batch_op.drop_index("ix_event_break_glass")
-        batch_op.drop_column("break_glass")
+    op.drop_column("notification", "reason")
+    op.drop_column("notification", "break_glass")
+    op.drop_column("notification", "content")
+    op.drop_index("ix_event_break_glass", table_name="event")
+    op.drop_column("event", "break_glass")
