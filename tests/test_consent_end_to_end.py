@@ -303,7 +303,11 @@ async def test_break_glass_overrides_a_deny_for_emergency_roles_only(live_api) -
     hub = live_api.hub
     await load_region(hub)
     await day_service_knows(live_api, "p01")
-    await put(live_api, with_provision("p01", provision=[deny(BACKUP, CARE_MANAGER)]))
+    # The care manager is a PractitionerRole: a deny of its organization withholds from it.
+    await put(
+        live_api,
+        with_provision("p01", provision=[deny(BACKUP, "Organization/misawa-care-plan-1")]),
+    )
     event_id = await routed(live_api, emergency("p01"))
     assert await decisions(hub, event_id) == {
         BACKUP: ("break-glass", True, "full"),  # over the deny: the emergency decides
