@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -60,7 +61,8 @@ class Settings(BaseSettings):
     # Routing table override: a JSON file of {event: {care-team-role: priority}}.
     routing_file: Path | None = None
     # Opt-in (Japanese default): no active Consent, no sharing. A region may choose opt-out.
-    consent_default: str = "opt-in"
+    # Anything else is refused at start rather than read as opt-in.
+    consent_default: Literal["opt-in", "opt-out"] = "opt-in"
     # Japan Standard Time: due dates ("by the end of the next day") are local dates.
     timezone: str = "Asia/Tokyo"
 

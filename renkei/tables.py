@@ -6,5 +6,6 @@ from renkei.db import Base
 from services.intake import models as intake_models  # noqa: F401
 from services.notifications import models as notification_models  # noqa: F401
 from services.registry import models as registry_models  # noqa: F401
+from services.review import models as review_models  # noqa: F401
 
 metadata = Base.metadata

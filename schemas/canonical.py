@@ -12,3 +12,11 @@ CARE_TEAM_ROLE_SYSTEM = f"{CANONICAL_BASE}/CodeSystem/care-team-role"
 # Identifier system of the hub's event ids, used in accepted OperationOutcomes so a client can
 # read the id without parsing free text.
 EVENT_ID_SYSTEM = f"{CANONICAL_BASE}/event-id"
+# MessageHeader extension a sender puts on an acute change to mark it an emergency
+# (break-glass): valueString is the reason, required. See schemas/message.py.
+BREAK_GLASS_EXTENSION = f"{CANONICAL_BASE}/StructureDefinition/break-glass"
+# What a notification carries (minimum necessary): valueCode full | summary.
+CONTENT_LEVEL_EXTENSION = f"{CANONICAL_BASE}/StructureDefinition/content-level"
+# HL7 v3 ActReason: BTG ("break the glass") marks data disclosed in an emergency.
+ACT_REASON_SYSTEM = "http://terminology.hl7.org/CodeSystem/v3-ActReason"
+BREAK_THE_GLASS = "BTG"

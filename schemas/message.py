@@ -23,11 +23,12 @@ from fhir.resources.R4B.bundle import Bundle
 from fhir.resources.R4B.resource import Resource
 from pydantic import ValidationError
 
+from schemas.canonical import BREAK_GLASS_EXTENSION
 from schemas.events import EVENT_RULES, EVENT_SYSTEM, EventType
 from schemas.fhir_errors import issues_from_pydantic
 from schemas.outcome import InvalidMessage, Issue
 
-__all__ = ["ParsedMessage", "PatientIdentifier", "parse_message"]
+__all__ = ["ParsedMessage", "PatientIdentifier", "break_glass_reason", "parse_message"]
 
 STRUCTURAL = 400
 RULE_BROKEN = 422
@@ -54,6 +55,8 @@ class ParsedMessage:
     focus: tuple[dict[str, Any], ...]
     occurred_at: datetime | None
     bundle: dict[str, Any]
+    # Set when the sender marked an acute change as an emergency (break-glass): the reason.
+    break_glass_reason: str | None = None
 
 
 @dataclass(frozen=True)
@@ -238,6 +241,7 @@ def _check_rules(
     patient = _patient(entries, issues)
     identifiers = _identifiers(patient, issues) if patient else ()
     focus = _focus(header, refs, event_type, patient, issues)
+    break_glass = _break_glass(header, event_type, issues)
     if issues:
         raise InvalidMessage(issues, RULE_BROKEN)
     # All None cases produced an issue above; the asserts document that for type checkers.
@@ -251,6 +255,7 @@ def _check_rules(
         focus=tuple(e.resource for e in focus),
         occurred_at=occurred_at,
         bundle=bundle,
+        break_glass_reason=break_glass,
     )
 
 
@@ -295,6 +300,58 @@ def _sender(header: dict[str, Any], issues: list[Issue]) -> str | None:
         issues.append(_err("value", text, f"{where}.reference"))
         return None
     return match.group(1)
+
+
+# The reason is free text written in an emergency; a bound keeps one sender from storing a
+# document in it.
+MAX_BREAK_GLASS_REASON = 1000
+
+
+def _break_glass(
+    header: dict[str, Any], event_type: EventType | None, issues: list[Issue]
+) -> str | None:
+    """The break-glass reason, if the sender marked the message as an emergency.
+
+    ``{"url": BREAK_GLASS_EXTENSION, "valueString": "<why>"}`` on the MessageHeader. Only an
+    acute change may carry it (the other events can wait for consent), and only with a reason
+    (the region office reviews every use).
+    """
+    marks = [
+        (i, ext)
+        for i, ext in enumerate(header.get("extension") or [])
+        if isinstance(ext, dict) and ext.get("url") == BREAK_GLASS_EXTENSION
+    ]
+    if not marks:
+        return None
+    found = len(issues)
+    for i, _ext in marks[1:]:
+        issues.append(_err("invalid", "only one break-glass extension is allowed",
+                           f"{HEADER}.extension[{i}]"))  # fmt: skip
+    index, ext = marks[0]
+    where = f"{HEADER}.extension[{index}]"
+    if event_type is not None and event_type != EventType.ACUTE_CHANGE:
+        issues.append(
+            _err("business-rule", "break-glass is only for acute-change messages", where)
+        )
+    reason = ext.get("valueString")
+    if not isinstance(reason, str) or not reason.strip():
+        issues.append(
+            _err("required", "break-glass needs its reason in valueString", f"{where}.valueString")
+        )
+    elif len(reason) > MAX_BREAK_GLASS_REASON:
+        text = f"break-glass reason is longer than {MAX_BREAK_GLASS_REASON} characters"
+        issues.append(_err("too-long", text, f"{where}.valueString"))
+    return reason.strip() if len(issues) == found and isinstance(reason, str) else None
+
+
+def break_glass_reason(bundle: dict[str, Any]) -> str | None:
+    """The reason of a stored (already validated) message marked break-glass, else None."""
+    entries = bundle.get("entry") or [{}]
+    header = entries[0].get("resource") or {}
+    for ext in header.get("extension") or []:
+        if ext.get("url") == BREAK_GLASS_EXTENSION and isinstance(ext.get("valueString"), str):
+            return ext["valueString"].strip()
+    return None
 
 
 def _patient(entries: list[_Entry], issues: list[Issue]) -> _Entry | None:

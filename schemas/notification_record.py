@@ -27,6 +27,10 @@ class NotificationRecord:
     priority: str  # routine | urgent | stat
     sent: str  # ISO instant
     due_at: str | None
+    # What the notification carries (full | summary) and whether it was delivered under
+    # break-glass; defaults keep records written before these fields readable.
+    content: str = "full"
+    break_glass: bool = False
     schema_version: int = NOTIFICATION_SCHEMA_VERSION
 
     def to_bytes(self) -> bytes:

@@ -15,6 +15,7 @@ from services.errors import install_error_handlers
 from services.intake.views import router as intake_router
 from services.notifications.views import router as notifications_router
 from services.registry.views import router as registry_router
+from services.review.views import router as review_router
 
 
 def create_app(hub: Hub, *, manage_hub: bool = False) -> FastAPI:
@@ -44,4 +45,5 @@ def create_app(hub: Hub, *, manage_hub: bool = False) -> FastAPI:
     app.include_router(intake_router)
     app.include_router(notifications_router)
     app.include_router(registry_router)
+    app.include_router(review_router)
     return app

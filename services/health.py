@@ -7,6 +7,7 @@ from fastapi.responses import JSONResponse
 from sqlalchemy import text
 
 from renkei.hub import Hub
+from schemas.canonical import BREAK_GLASS_EXTENSION
 from schemas.events import EVENT_SYSTEM, EventType
 from services.dependencies import get_hub
 from services.errors import FHIR_JSON
@@ -109,7 +110,12 @@ async def metadata() -> JSONResponse:
                 "supportedMessage": [
                     {"mode": "receiver", "definition": f"{EVENT_SYSTEM}#{code}"}
                     for code in EventType
-                ]
+                ],
+                "documentation": (
+                    f"An acute-change MessageHeader may carry the extension "
+                    f"{BREAK_GLASS_EXTENSION} (valueString: the reason) to mark an emergency "
+                    "(break-glass): see the README, Consent."
+                ),
             }
         ],
     }

@@ -104,7 +104,8 @@ async def test_consent_deny_withholds_from_that_organization(live_api) -> None:
     delivered = await notifications_of(hub, event_id)
     assert "Organization/chuo-pharmacy" not in delivered
     assert "PractitionerRole/cm-sato-role" in delivered
-    assert await suppressed_of(hub, event_id) == {"Organization/chuo-pharmacy": "consent-deny"}
+    withheld = await suppressed_of(hub, event_id)
+    assert withheld == {"Organization/chuo-pharmacy": "consent-deny-organization"}
 
 
 async def test_no_consent_shares_with_nobody(live_api) -> None:

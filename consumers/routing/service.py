@@ -16,8 +16,16 @@ from sqlalchemy import update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from consumers.routing.models import SuppressedDelivery
-from consumers.routing.rules import PRIORITY_RANK, care_team_members, consent_decision, due_for
-from consumers.routing.table import RoutingTable
+from consumers.routing.rules import (
+    BREAK_GLASS_PRIORITY,
+    PRIORITY_RANK,
+    break_glass_applies,
+    care_team_members,
+    consent_decision,
+    due_for,
+    sharing_decision,
+)
+from consumers.routing.table import Route, RoutingTable, content_for
 from producers.models import OutboxRecord, encode_headers
 from renkei.db import insert_ignore, utcnow
 from schemas.events import CareTeamRole, EventType
@@ -36,6 +44,8 @@ class Recipient:
     org_id: str
     role: CareTeamRole
     priority: str
+    content: str  # full | summary (minimum necessary, per role)
+    break_glass: bool = False  # an emergency role of a break-glass acute change
 
 
 @dataclass(frozen=True)
@@ -49,19 +59,27 @@ async def recipients(
     session: AsyncSession, event: Event, table: RoutingTable, at: datetime, zone: ZoneInfo
 ) -> list[Recipient]:
     """Who should hear of the event, before consent: one entry per recipient, highest priority."""
-    row = table.get(EventType(event.event_type), {})
+    event_type = EventType(event.event_type)
+    row = table.get(event_type, {})
     teams = await registry.care_teams(session, event.patient_id or "")
     chosen: dict[str, Recipient] = {}
     for member in care_team_members(teams, at, zone):
-        priority = row.get(member.role)
-        if priority is None:
+        route = row.get(member.role)
+        emergency = break_glass_applies(event_type, event.break_glass, member.role)
+        if emergency:
+            # Break-glass roles hear of the emergency at once, in the routing table or not
+            # (the emergency hospital is not in the acute-change row by default).
+            route = Route(BREAK_GLASS_PRIORITY, content_for(table, event_type, member.role))
+        if route is None:
             continue
         org_id = await _organization_of(session, member.reference)
         if org_id is None or org_id == event.sender_org_id:
             continue  # the sender never receives its own event
         current = chosen.get(member.reference)
-        if current is None or PRIORITY_RANK[priority] > PRIORITY_RANK[current.priority]:
-            chosen[member.reference] = Recipient(member.reference, org_id, member.role, priority)
+        if current is None or PRIORITY_RANK[route.priority] > PRIORITY_RANK[current.priority]:
+            chosen[member.reference] = Recipient(
+                member.reference, org_id, member.role, route.priority, route.content, emergency
+            )
     return sorted(chosen.values(), key=lambda r: r.reference)
 
 
@@ -96,10 +114,21 @@ async def route_event(
     if marked.rowcount == 0:
         return RoutingOutcome(0, 0, already_routed=True)
     at = event.occurred_at or event.accepted_at
+    event_type = EventType(event.event_type)
+    # Consent is read now, at routing time: a Consent changed after the event was accepted
+    # but before it is routed already applies to it.
     consents = await registry.consents(session, event.patient_id or "")
     notifications, suppressed = [], []
     for recipient in await recipients(session, event, table, at, zone):
-        decision = consent_decision(consents, recipient.org_id, now, zone, consent_default)
+        decision = sharing_decision(
+            consent_decision(
+                consents, recipient.org_id, now, zone, consent_default, event_type,
+                recipient.reference,
+            ),
+            event_type,
+            event.break_glass,
+            recipient.role,
+        )  # fmt: skip
         if not decision.permitted:
             suppressed.append(
                 {
@@ -123,6 +152,9 @@ async def route_event(
                 "patient_id": event.patient_id,
                 "sent": now,
                 "due_at": due.at,
+                "content": recipient.content,
+                "break_glass": recipient.break_glass,
+                "reason": decision.reason,
             }
         )
     if notifications:
@@ -155,6 +187,8 @@ def _notification_records(
             priority=n["priority"],
             sent=now.isoformat(),
             due_at=n["due_at"].isoformat() if n["due_at"] else None,
+            content=n["content"],
+            break_glass=n["break_glass"],
         )
         rows.append(
             OutboxRecord(

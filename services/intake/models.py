@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import Index, String, UniqueConstraint
+from sqlalchemy import Boolean, Index, String, UniqueConstraint, false
 from sqlalchemy.orm import Mapped, mapped_column
 
 from renkei.db import Base, JSONDocument, UTCDateTime
@@ -20,6 +20,7 @@ class Event(Base):
         # The same MessageHeader from the same sender is the same event (answered 200, not 202).
         UniqueConstraint("sender_org_id", "message_id", name="uq_event_sender_message"),
         Index("ix_event_status", "status"),
+        Index("ix_event_break_glass", "break_glass", "accepted_at"),
     )
 
     id: Mapped[str] = mapped_column(String(36), primary_key=True)
@@ -37,3 +38,7 @@ class Event(Base):
     bundle: Mapped[dict] = mapped_column(JSONDocument)
     # Tells a true repeat (same content) from a reused MessageHeader id (different content).
     content_sha256: Mapped[str] = mapped_column(String(64))
+    # The sender marked this acute change as an emergency (break-glass): its physicians, nurse
+    # and emergency hospital receive it whatever the Consent says, and the region office
+    # reviews it (services/review). The reason stays in the message, not in a clear column.
+    break_glass: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())

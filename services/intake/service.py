@@ -78,6 +78,7 @@ async def accept(session: AsyncSession, message: ParsedMessage, caller_org_id: s
         accepted_at=now,
         bundle=message.bundle,
         content_sha256=digest,
+        break_glass=message.break_glass_reason is not None,
     )
     session.add(event)
     if patient_id is not None:

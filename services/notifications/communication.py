@@ -7,7 +7,12 @@ import json
 from typing import Any
 
 from consumers.routing.rules import due_for
-from schemas.canonical import EVENT_ID_SYSTEM
+from schemas.canonical import (
+    ACT_REASON_SYSTEM,
+    BREAK_THE_GLASS,
+    CONTENT_LEVEL_EXTENSION,
+    EVENT_ID_SYSTEM,
+)
 from schemas.events import (
     CARE_TEAM_ROLE_SYSTEM,
     EVENT_RULES,
@@ -86,6 +91,12 @@ def to_communication(notification: Notification, event: Event, zone) -> dict[str
         "payload": [
             {"contentString": text},
             {"contentString": due.text_en},
+        ],
+        "extension": [{"url": CONTENT_LEVEL_EXTENSION, "valueCode": notification.content}],
+    }
+    # Minimum necessary: a summary says what happened and what is due, never the message.
+    if notification.content == "full":
+        communication["payload"].append(
             {
                 "contentAttachment": {
                     "contentType": "application/fhir+json",
@@ -94,10 +105,14 @@ def to_communication(notification: Notification, event: Event, zone) -> dict[str
                         json.dumps(event.bundle, ensure_ascii=False).encode()
                     ).decode(),
                 }
-            },
-        ],
-        "extension": [],
-    }
+            }
+        )
+    if notification.break_glass:
+        # Disclosed in an emergency without (or over) the patient's consent: say so where
+        # every FHIR client looks for it (HL7 v3 ActReason BTG, "break the glass").
+        communication["meta"]["security"] = [
+            {"system": ACT_REASON_SYSTEM, "code": BREAK_THE_GLASS, "display": "break the glass"}
+        ]
     if notification.read_at is not None:
         communication["received"] = notification.read_at.isoformat()
     if due.at is not None:
@@ -111,6 +126,4 @@ def to_communication(notification: Notification, event: Event, zone) -> dict[str
                 "valueDateTime": notification.acknowledged_at.isoformat(),
             }
         )
-    if not communication["extension"]:
-        del communication["extension"]
     return communication

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import ForeignKey, Index, String, UniqueConstraint
+from sqlalchemy import Boolean, ForeignKey, Index, String, UniqueConstraint, false
 from sqlalchemy.orm import Mapped, mapped_column
 
 from renkei.db import Base, UTCDateTime
@@ -33,3 +33,11 @@ class Notification(Base):
     read_by: Mapped[str | None] = mapped_column(String(140), nullable=True)
     acknowledged_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     acknowledged_by: Mapped[str | None] = mapped_column(String(140), nullable=True)
+    # Minimum necessary: "full" carries the message, "summary" only what happened and what is
+    # due (consumers/routing/table.py decides per role).
+    content: Mapped[str] = mapped_column(String(16), default="full", server_default="full")
+    # Delivered because the sender invoked break-glass (an emergency), not because of consent.
+    break_glass: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    # Why it was shared (consumers/routing/rules.py: consent-permit, opt-out-default,
+    # break-glass); None for notifications routed before the reason was recorded.
+    reason: Mapped[str | None] = mapped_column(String(40), nullable=True)

@@ -25,7 +25,8 @@ from sqlalchemy import Select, and_, delete, func, insert, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from renkei.db import insert_ignore, utcnow
-from schemas.canonical import CARE_TEAM_ROLE_SYSTEM
+from schemas.canonical import CARE_TEAM_ROLE_SYSTEM, EVENT_SYSTEM
+from schemas.events import EventType
 from schemas.fhir_errors import issues_from_pydantic
 from schemas.outcome import InvalidMessage, Issue
 from services.registry.models import (
@@ -50,6 +51,8 @@ CARE_TEAM_ROLES = frozenset(
         "emergency-hospital",
     }
 )
+
+EVENT_CODES = frozenset(event.value for event in EventType)
 
 # FHIR R4 id datatype.
 ID_PATTERN = re.compile(r"^[A-Za-z0-9\-.]{1,64}$")
@@ -387,7 +390,30 @@ def _careteam_rules(body: dict) -> list[Issue]:
 
 
 def _consent_rules(body: dict) -> list[Issue]:
-    return _required_reference(body, "Consent", "patient", "Patient")
+    issues = _required_reference(body, "Consent", "patient", "Patient")
+    provision = body.get("provision")
+    if isinstance(provision, dict):
+        issues += _provision_event_codes(provision, "Consent.provision")
+    return issues
+
+
+def _provision_event_codes(provision: dict, where: str) -> list[Issue]:
+    """An event code in a provision must be one the hub routes: a typo would otherwise make
+    a deny silently apply to nothing."""
+    issues: list[Issue] = []
+    for c, concept in enumerate(provision.get("code") or []):
+        for k, coding in enumerate(concept.get("coding") or []):
+            if coding.get("system") == EVENT_SYSTEM and coding.get("code") not in EVENT_CODES:
+                issues.append(
+                    Issue(
+                        "error", "code-invalid",
+                        "unknown event code; expected one of " + ", ".join(sorted(EVENT_CODES)),
+                        f"{where}.code[{c}].coding[{k}].code",
+                    )
+                )  # fmt: skip
+    for n, nested in enumerate(provision.get("provision") or []):
+        issues += _provision_event_codes(nested, f"{where}.provision[{n}]")
+    return issues
 
 
 def _practitioner_role_rules(body: dict) -> list[Issue]:

@@ -1,0 +1,132 @@
+"""Break-glass review routes for the region office (region-admin only).
+
+``GET /admin/break-glass`` lists the events senders marked as emergencies as AuditEvents
+(sender, time, reason, recipients and why each received it, review state);
+``POST /admin/break-glass/{event id}/$review`` marks one reviewed.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Depends, Query
+from fastapi.responses import JSONResponse
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from schemas.canonical import (
+    ACT_REASON_SYSTEM,
+    BREAK_THE_GLASS,
+    CANONICAL_BASE,
+    EVENT_ID_SYSTEM,
+    EVENT_SYSTEM,
+)
+from schemas.message import break_glass_reason
+from services.auth.dependencies import require_role
+from services.auth.service import Principal, Role
+from services.dependencies import get_session
+from services.errors import FHIR_JSON, FhirError
+from services.review import service
+from services.review.service import BreakGlassEntry
+
+router = APIRouter(prefix="/admin/break-glass")
+
+REVIEW_EXTENSION = f"{CANONICAL_BASE}/StructureDefinition/break-glass-review"
+DECISION_EXTENSION = f"{CANONICAL_BASE}/StructureDefinition/routing-decision"
+PARTICIPATION = "http://terminology.hl7.org/CodeSystem/v3-ParticipationType"
+DICOM = "http://dicom.nema.org/resources/ontology/DCM"
+
+
+def _reviewed(value: str | None) -> bool | None:
+    if value is None:
+        return None
+    if value not in ("true", "false"):
+        raise FhirError(400, "value", "reviewed must be true or false", "reviewed")
+    return value == "true"
+
+
+@router.get("")
+async def list_break_glass(
+    reviewed: str | None = None,
+    count: int = Query(50, alias="_count", ge=1, le=500),
+    offset: int = Query(0, alias="_offset", ge=0, le=1_000_000),
+    _office: Principal = Depends(require_role(Role.REGION_ADMIN)),
+    session: AsyncSession = Depends(get_session),
+) -> JSONResponse:
+    entries = await service.search(session, _reviewed(reviewed), count, offset)
+    bundle = {
+        "resourceType": "Bundle",
+        "type": "searchset",
+        "entry": [{"resource": as_audit_event(e), "search": {"mode": "match"}} for e in entries],
+    }
+    return JSONResponse(bundle, media_type=FHIR_JSON)
+
+
+@router.post("/{event_id}/$review")
+async def review(
+    event_id: str,
+    office: Principal = Depends(require_role(Role.REGION_ADMIN)),
+    session: AsyncSession = Depends(get_session),
+) -> JSONResponse:
+    entry = await service.mark_reviewed(session, office, event_id)
+    return JSONResponse(as_audit_event(entry), media_type=FHIR_JSON)
+
+
+def as_audit_event(entry: BreakGlassEntry) -> dict[str, Any]:
+    """One break-glass use as an R4 AuditEvent: the disclosure (DICOM Export), purpose BTG."""
+    event = entry.event
+    recipients = [
+        {
+            "who": {"reference": n.recipient},
+            "type": {"coding": [{"system": PARTICIPATION, "code": "IRCP"}]},
+            "requestor": False,
+            # Why this recipient received it: "break-glass" (the emergency alone) or the
+            # consent's own permit (consumers/routing/rules.py).
+            "extension": [{"url": DECISION_EXTENSION, "valueCode": n.reason or "unknown"}],
+        }
+        for n in entry.notifications
+    ]  # fmt: skip
+    resource: dict[str, Any] = {
+        "resourceType": "AuditEvent",
+        "id": event.id,
+        "type": {"system": DICOM, "code": "110106", "display": "Export"},
+        "subtype": [{"system": EVENT_SYSTEM, "code": event.event_type}],
+        "action": "C",
+        "recorded": event.accepted_at.isoformat(),
+        "outcome": "0",
+        "purposeOfEvent": [
+            {
+                "coding": [
+                    {"system": ACT_REASON_SYSTEM, "code": BREAK_THE_GLASS,
+                     "display": "break the glass"}
+                ],
+                "text": break_glass_reason(event.bundle) or "",
+            }
+        ],  # fmt: skip
+        "agent": [
+            {
+                "who": {"reference": f"Organization/{event.sender_org_id}"},
+                "type": {"coding": [{"system": PARTICIPATION, "code": "AUT"}]},
+                "requestor": True,
+            },
+            *recipients,
+        ],
+        "source": {"observer": {"display": "Renkei Hub"}},
+        "entity": [
+            {"what": {"identifier": {"system": EVENT_ID_SYSTEM, "value": event.id}}},
+            {"what": {"reference": f"Patient/{event.patient_id}"}} if event.patient_id else None,
+        ],
+    }
+    resource["entity"] = [e for e in resource["entity"] if e is not None]
+    if event.occurred_at is not None:
+        resource["period"] = {"start": event.occurred_at.isoformat()}
+    if (review := entry.review) is not None:
+        resource["extension"] = [
+            {
+                "url": REVIEW_EXTENSION,
+                "extension": [
+                    {"url": "reviewedAt", "valueDateTime": review.reviewed_at.isoformat()},
+                    {"url": "reviewedBy", "valueReference": {"reference": review.reviewed_by}},
+                ],
+            }
+        ]
+    return resource
