@@ -100,6 +100,10 @@ ROUTE_RULES: dict[tuple[str, str], Rule] = {
         CARE_WORKERS, "addressed to the caller only"
     ),
     ("GET", "/admin/unmatched-events"): Rule(frozenset({R.REGION_ADMIN}), "region office only"),
+    ("GET", "/admin/break-glass"): Rule(frozenset({R.REGION_ADMIN}), "region office only"),
+    ("POST", "/admin/break-glass/{event_id}/$review"): Rule(
+        frozenset({R.REGION_ADMIN}), "region office only"
+    ),
     ("POST", "/admin/unmatched-events/{event_id}/$link"): Rule(
         frozenset({R.REGION_ADMIN}), "region office only"
     ),

@@ -21,8 +21,8 @@ from schemas.canonical import (
     EVENT_SYSTEM,
 )
 from schemas.message import break_glass_reason
-from services.auth.dependencies import require_role
-from services.auth.service import Principal, Role
+from services.auth.policy import caller
+from services.auth.service import Principal
 from services.dependencies import get_session
 from services.errors import FHIR_JSON, FhirError
 from services.review import service
@@ -49,7 +49,7 @@ async def list_break_glass(
     reviewed: str | None = None,
     count: int = Query(50, alias="_count", ge=1, le=500),
     offset: int = Query(0, alias="_offset", ge=0, le=1_000_000),
-    _office: Principal = Depends(require_role(Role.REGION_ADMIN)),
+    _office: Principal = Depends(caller),
     session: AsyncSession = Depends(get_session),
 ) -> JSONResponse:
     entries = await service.search(session, _reviewed(reviewed), count, offset)
@@ -64,7 +64,7 @@ async def list_break_glass(
 @router.post("/{event_id}/$review")
 async def review(
     event_id: str,
-    office: Principal = Depends(require_role(Role.REGION_ADMIN)),
+    office: Principal = Depends(caller),
     session: AsyncSession = Depends(get_session),
 ) -> JSONResponse:
     entry = await service.mark_reviewed(session, office, event_id)
