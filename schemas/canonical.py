@@ -12,3 +12,11 @@ CARE_TEAM_ROLE_SYSTEM = f"{CANONICAL_BASE}/CodeSystem/care-team-role"
 # Identifier system of the hub's event ids, used in accepted OperationOutcomes so a client can
 # read the id without parsing free text.
 EVENT_ID_SYSTEM = f"{CANONICAL_BASE}/event-id"
+
+# Patient-identifier systems an Organization issues (senders are bound to their own ids): the
+# JP Core system derived from its 10-digit 医療機関コード, and any it lists in the extension.
+INSTITUTION_NO_SYSTEM = "http://jpfhir.jp/fhir/core/IdSystem/insurance-medical-institution-no"
+PATIENT_ID_SYSTEM_PREFIX = "urn:oid:1.2.392.100495.20.3.51.1"  # + the 10-digit code
+PATIENT_IDENTIFIER_SYSTEM_EXTENSION = (
+    f"{CANONICAL_BASE}/StructureDefinition/patient-identifier-system"
+)

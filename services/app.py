@@ -9,7 +9,7 @@ from fastapi import FastAPI
 from fastapi.responses import JSONResponse
 
 from renkei.hub import Hub
-from services import health
+from services import health, logs
 from services.errors import install_error_handlers
 from services.intake.views import router as intake_router
 from services.notifications.views import router as notifications_router
@@ -36,6 +36,7 @@ def create_app(hub: Hub, *, manage_hub: bool = False) -> FastAPI:
         default_response_class=JSONResponse,
     )
     app.state.hub = hub
+    logs.install()  # the access log never prints query strings (search values)
     install_error_handlers(app)
     app.include_router(health.router)
     app.include_router(intake_router)

@@ -12,6 +12,8 @@ from renkei.db import utcnow
 from services.auth.service import Principal
 from services.errors import FhirError
 from services.intake.models import Event
+from services.intake.service import event_bundle
+from services.notifications.communication import FORGOTTEN_PATIENT, UNNAMED_PATIENT, Shown
 from services.notifications.models import Notification
 from services.registry import service as registry
 
@@ -130,3 +132,24 @@ async def acknowledge(session: AsyncSession, principal: Principal, notification_
         notification.acknowledged_by = _who(principal)
         await session.commit()
     return notification, event
+
+
+async def shown(session: AsyncSession, rows: list[tuple[Notification, Event]]) -> list[Shown]:
+    """For each (notification, event): the patient as the registry names them, and the
+    message, both decrypted; a forgotten patient shows a placeholder and no message."""
+    names: dict[str, str | None] = {}
+    result = []
+    for notification, event in rows:
+        patient_id = notification.patient_id
+        if patient_id not in names:
+            patient = await registry.read(session, "Patient", patient_id)
+            forgotten = patient is None or patient.forgotten
+            names[patient_id] = None if forgotten else registry.patient_name(patient)
+            if not forgotten and names[patient_id] is None:
+                names[patient_id] = UNNAMED_PATIENT
+        name = names[patient_id]
+        if name is None:
+            result.append(Shown(FORGOTTEN_PATIENT, None))
+        else:
+            result.append(Shown(name, await event_bundle(session, event)))
+    return result

@@ -25,7 +25,8 @@ from services.auth.service import Principal, Role
 from services.dependencies import get_hub, get_session
 from services.errors import FHIR_JSON, FhirError
 from services.registry import service
-from services.registry.models import REGISTRY_TYPES, RegistryResource
+from services.registry.models import REGISTRY_TYPES
+from services.registry.service import StoredResource
 
 router = APIRouter(prefix="/fhir")
 
@@ -52,6 +53,11 @@ def _read_handler(resource_type: str) -> Callable[..., Awaitable[JSONResponse]]:
         row = await service.read(session, resource_type, resource_id)
         if row is None:
             raise FhirError(404, "not-found", f"{resource_type} not found", f"{resource_type}.id")
+        if row.forgotten:
+            # Crypto-shredded (renkei patient forget): it existed, and is gone for good.
+            raise FhirError(
+                410, "deleted", f"{resource_type} was erased (forgotten)", f"{resource_type}.id"
+            )
         return _resource_response(row, 200, location=False)
 
     return read
@@ -173,7 +179,7 @@ def _paging_int(value: str | None, name: str, default: int) -> int:
 # Responses
 
 
-def _resource_response(row: RegistryResource, status: int, *, location: bool) -> JSONResponse:
+def _resource_response(row: StoredResource, status: int, *, location: bool) -> JSONResponse:
     headers = {
         "ETag": f'W/"{row.version_id}"',
         "Last-Modified": format_datetime(row.last_updated, usegmt=True),
@@ -187,7 +193,7 @@ def _searchset(
     request: Request,
     resource_type: str,
     params: dict[str, str],
-    rows: list[RegistryResource],
+    rows: list[StoredResource],
     total: int,
     count: int,
     offset: int,
