@@ -141,7 +141,9 @@ async def test_patient_data_is_sealed_and_found_through_the_blind_index(db_sessi
         assert row.body is None and "秘密".encode() not in row.body_sealed
         values = (await session.scalars(select(RegistryIdentifier.value))).all()
         assert values and not any("77001" in v for v in values)
-        assert (await registry.read(session, "Patient", "pz")).body["name"][0]["text"] == "秘密 太郎"
+        assert (await registry.read(session, "Patient", "pz")).body["name"][0][
+            "text"
+        ] == "秘密 太郎"
         system = PATIENT["identifier"][0]["system"]
         for token in (f"{system}|77001", "77001"):
             found = await registry.search(session, "Patient", {"identifier": token})

@@ -39,7 +39,9 @@ def forget_cli(hub, *args: str, answer: str = "") -> subprocess.CompletedProcess
 
 
 async def nurse_communications(api, event_id: str) -> list[dict]:
-    response = await api.client.get("/fhir/Communication", headers=headers(api.hub, NURSE, "member"))
+    response = await api.client.get(
+        "/fhir/Communication", headers=headers(api.hub, NURSE, "member")
+    )
     assert response.status_code == 200, response.text
     entries = [e["resource"] for e in response.json()["entry"]]
     return [c for c in entries if c["identifier"][0]["value"] == event_id]
@@ -96,12 +98,22 @@ async def test_forget_shreds_the_patient_and_later_messages_are_not_routed(live_
         event = await session.get(Event, later_id)
         assert (event.status, event.routed_at) == ("forgotten", None)
         assert event.bundle_sealed is not None  # kept, sealed under a key of its own
-        assert await session.scalar(
-            select(func.count()).select_from(OutboxRecord).where(OutboxRecord.event_id == later_id)
-        ) == 0
-        assert await session.scalar(
-            select(func.count()).select_from(Notification).where(Notification.event_id == later_id)
-        ) == 0
+        assert (
+            await session.scalar(
+                select(func.count())
+                .select_from(OutboxRecord)
+                .where(OutboxRecord.event_id == later_id)
+            )
+            == 0
+        )
+        assert (
+            await session.scalar(
+                select(func.count())
+                .select_from(Notification)
+                .where(Notification.event_id == later_id)
+            )
+            == 0
+        )
 
 
 async def test_forget_of_an_unknown_patient_fails(api) -> None:

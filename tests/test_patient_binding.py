@@ -23,7 +23,9 @@ CARE_OFFICE = "misawa-care-plan-1"
 
 
 def patient_of(bundle: dict) -> dict:
-    return next(e["resource"] for e in bundle["entry"] if e["resource"]["resourceType"] == "Patient")
+    return next(
+        e["resource"] for e in bundle["entry"] if e["resource"]["resourceType"] == "Patient"
+    )
 
 
 def sent_by(bundle: dict, org_id: str) -> dict:
@@ -49,7 +51,9 @@ async def post(api, bundle: dict) -> tuple[str, Event]:
 
 
 async def queue_reasons(api) -> dict[str, str]:
-    response = await api.client.get(QUEUE, headers=headers(api.hub, "region-office", "region-admin"))
+    response = await api.client.get(
+        QUEUE, headers=headers(api.hub, "region-office", "region-admin")
+    )
     assert response.status_code == 200, response.text
     return {
         entry["resource"]["id"]: next(
