@@ -106,9 +106,7 @@ class DataKeyRef:
 
 
 class Keyring:
-    def __init__(
-        self, kek: KekProvider, keys_dir: Path, cache_seconds: float = 300.0
-    ) -> None:
+    def __init__(self, kek: KekProvider, keys_dir: Path, cache_seconds: float = 300.0) -> None:
         self.kek = kek
         self._blind = secret(keys_dir, "blind-index")
         self._pseudonym = secret(keys_dir, "patient-key")
@@ -239,7 +237,10 @@ def keyring_of(session: AsyncSession) -> Keyring:
 
 
 async def rewrap_all(
-    session: AsyncSession, keyring: Keyring, batch: int = 200, progress=None  # noqa: ANN001
+    session: AsyncSession,
+    keyring: Keyring,
+    batch: int = 200,
+    progress=None,  # noqa: ANN001
 ) -> int:
     """Re-wrap every live data key not yet under the current KEK; returns how many."""
     current = keyring.kek.current_id()

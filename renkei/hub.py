@@ -35,9 +35,7 @@ class Hub:
         secure_dir(Path(settings.data_dir))
         self.keyring = Keyring.local(settings.keys_dir, settings.dek_cache_seconds)
         self.engine: AsyncEngine = create_engine(settings.resolved_database_url)
-        self.sessions: async_sessionmaker[AsyncSession] = session_factory(
-            self.engine, self.keyring
-        )
+        self.sessions: async_sessionmaker[AsyncSession] = session_factory(self.engine, self.keyring)
         self.token_public_key = signing_key(settings.keys_dir).public_key()
         self.broker: Broker | None = None
         self._embedded = None
@@ -74,9 +72,7 @@ class Hub:
         from services.registry.service import ensure_region_office
 
         async with self.sessions() as session:
-            await ensure_region_office(
-                session, self.settings.region_org, self.settings.region_name
-            )
+            await ensure_region_office(session, self.settings.region_org, self.settings.region_name)
             await session.commit()
 
     def spawn(self, name: str, worker: Worker) -> asyncio.Task[None]:

@@ -101,9 +101,7 @@ class LocalKekFiles:
 
     def unwrap(self, kek_id: str, wrapped: bytes) -> bytes:
         try:
-            return AESGCM(self._key(kek_id)).decrypt(
-                wrapped[:NONCE], wrapped[NONCE:], _aad(kek_id)
-            )
+            return AESGCM(self._key(kek_id)).decrypt(wrapped[:NONCE], wrapped[NONCE:], _aad(kek_id))
         except InvalidTag:
             raise KeyMaterialError("data key does not unwrap under its KEK") from None
 

@@ -41,6 +41,7 @@ def header(headers: list[tuple[str, bytes]] | None, name: str) -> str | None:
                 return None
     return None
 
+
 _FIELDS = (
     "event_id", "event_type", "patient_key", "schema_version", "sender_org_id",
     "occurred_at", "accepted_at", "message_id", "payload",

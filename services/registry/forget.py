@@ -45,8 +45,7 @@ async def forget_patient(session: AsyncSession, patient_id: str) -> bool:
         update(RegistryResource)
         .where(
             or_(
-                (RegistryResource.resource_type == "Patient")
-                & (RegistryResource.id == patient_id),
+                (RegistryResource.resource_type == "Patient") & (RegistryResource.id == patient_id),
                 about_patient("CareTeam", "subject"),
                 about_patient("Consent", "patient"),
             )
