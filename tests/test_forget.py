@@ -119,3 +119,29 @@ async def test_forget_shreds_the_patient_and_later_messages_are_not_routed(live_
 async def test_forget_of_an_unknown_patient_fails(api) -> None:
     result = await asyncio.to_thread(forget_cli, api.hub, "nobody", "--yes")
     assert result.returncode == 1 and "no such Patient" in result.stderr
+
+
+async def test_keys_rotate_rewraps_with_progress_and_the_hub_still_reads(api) -> None:
+    from renkei.crypto import DataKey
+
+    hub = api.hub
+    await load_region(hub)
+    env = {
+        **os.environ,
+        "RENKEI_DATA_DIR": str(hub.settings.data_dir),
+        "RENKEI_DATABASE_URL": hub.settings.resolved_database_url,
+    }
+    result = await asyncio.to_thread(
+        subprocess.run,
+        [sys.executable, "-m", "services.cli", "keys", "rotate"],
+        capture_output=True, text=True, env=env, cwd=ROOT, timeout=60,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "re-wrapped" in result.stdout  # progress
+    new_kek = hub.keyring.kek.current_id()  # the hub sees the rotation (re-read at each wrap)
+    async with hub.sessions() as session:
+        assert set((await session.scalars(select(DataKey.kek_id))).all()) == {new_kek}
+    hub.keyring.invalidate(list(hub.keyring._deks))  # unwrap again, under the new KEK
+    admin = headers(hub, "region-office", "region-admin")
+    response = await api.client.get("/fhir/Patient/p01", headers=admin)
+    assert response.status_code == 200 and response.json()["birthDate"] == "1936-05-12"
