@@ -137,19 +137,13 @@ async def acknowledge(session: AsyncSession, principal: Principal, notification_
 async def shown(session: AsyncSession, rows: list[tuple[Notification, Event]]) -> list[Shown]:
     """For each (notification, event): the patient as the registry names them, and the
     message, both decrypted; a forgotten patient shows a placeholder and no message."""
-    names: dict[str, str | None] = {}
+    patients = await registry.read_many(session, "Patient", (n.patient_id for n, _ in rows))
     result = []
     for notification, event in rows:
-        patient_id = notification.patient_id
-        if patient_id not in names:
-            patient = await registry.read(session, "Patient", patient_id)
-            forgotten = patient is None or patient.forgotten
-            names[patient_id] = None if forgotten else registry.patient_name(patient)
-            if not forgotten and names[patient_id] is None:
-                names[patient_id] = UNNAMED_PATIENT
-        name = names[patient_id]
-        if name is None:
+        patient = patients.get(notification.patient_id)
+        if patient is None or patient.forgotten:
             result.append(Shown(FORGOTTEN_PATIENT, None))
-        else:
-            result.append(Shown(name, await event_bundle(session, event)))
+            continue
+        name = registry.patient_name(patient) or UNNAMED_PATIENT
+        result.append(Shown(name, await event_bundle(session, event)))
     return result
