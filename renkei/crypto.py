@@ -116,7 +116,9 @@ class Keyring:
 
     @classmethod
     def local(cls, keys_dir: Path, cache_seconds: float = 300.0) -> Keyring:
-        return cls(LocalKekFiles(keys_dir), keys_dir, cache_seconds)
+        kek = LocalKekFiles(keys_dir)
+        kek.current_id()  # the first KEK exists from the first start (and in every backup)
+        return cls(kek, keys_dir, cache_seconds)
 
     # -- HMACs ------------------------------------------------------------------------------
 
