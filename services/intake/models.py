@@ -43,8 +43,8 @@ class Event(Base):
     # routed, not when the broker acknowledged it (the relay republishes until this is set).
     routed_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     # The message, sealed under the patient's data key (or the event's own key while it is
-    # unmatched). ``bundle`` stays empty: it held the clear message before migration 0004.
-    bundle: Mapped[dict | None] = mapped_column(JSONDocument, nullable=True)
+    # unmatched). ``bundle`` stays an empty object: it held the clear message before 0004.
+    bundle: Mapped[dict] = mapped_column(JSONDocument, default=dict)
     bundle_sealed: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
     unmatched_reason: Mapped[str | None] = mapped_column(String(32), nullable=True)
     # Tells a true repeat (same content) from a reused MessageHeader id (different content).

@@ -93,6 +93,7 @@ async def accept(session: AsyncSession, message: ParsedMessage, caller_org_id: s
         occurred_at=message.occurred_at,
         accepted_at=now,
         unmatched_reason=match.reason,
+        bundle={},  # the message is only stored sealed (bundle_sealed)
         content_sha256=digest,
     )
     key = None
@@ -263,7 +264,7 @@ async def link_patient(session: AsyncSession, event_id: str, patient_id: str) ->
     old_key = key_id_of_event(event)
     key = await keyring.patient_dek(session, patient_id)
     event.bundle_sealed = keyring.seal(key, dumps(bundle), bundle_aad(event.id))
-    event.bundle = None
+    event.bundle = {}
     event.patient_id = patient_id
     event.status = STATUS_ACCEPTED
     event.unmatched_reason = None

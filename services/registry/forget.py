@@ -50,7 +50,7 @@ async def forget_patient(session: AsyncSession, patient_id: str) -> bool:
                 about_patient("Consent", "patient"),
             )
         )
-        .values(forgotten_at=now, body_sealed=None, body=None)
+        .values(forgotten_at=now, body_sealed=None, body={})
         .execution_options(synchronize_session=False)
     )
     # Events not routed yet are never routed now (the relay only republishes accepted ones).

@@ -32,8 +32,9 @@ class RegistryResource(Base):
     id: Mapped[str] = mapped_column(String(64), primary_key=True)
     version_id: Mapped[int] = mapped_column(Integer, default=1)
     # Directory types (Organization, Practitioner, PractitionerRole) in clear: the region's
-    # public directory. Patient data (PATIENT_DATA) only sealed under the patient's data key.
-    body: Mapped[dict | None] = mapped_column(JSONDocument, nullable=True)
+    # public directory. Patient data (PATIENT_DATA) only sealed under the patient's data key,
+    # ``body`` then an empty object.
+    body: Mapped[dict] = mapped_column(JSONDocument)
     body_sealed: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
     last_updated: Mapped[datetime] = mapped_column(UTCDateTime)
     # Set by `renkei patient forget`: the data key is destroyed and the row answers 410.

@@ -409,7 +409,7 @@ async def _columns(
     except KeyDestroyed:
         raise _gone(resource_type) from None
     sealed = keyring.seal(ref, dumps(stored), _aad(resource_type, resource_id))
-    return {"body": None, "body_sealed": sealed}
+    return {"body": {}, "body_sealed": sealed}
 
 
 def _resolve_id(resource_type: str, body: dict, resource_id: str | None) -> str:

@@ -3,15 +3,16 @@
 Revision ID: 0004
 Revises: 0001
 
-Patient data is stored sealed from here on (``body_sealed``, ``bundle_sealed``); the clear
-columns become nullable and new rows leave them empty. The pseudonymous patient key is an HMAC
+Patient data is stored sealed from here on (``body_sealed``, ``bundle_sealed``); new rows leave
+the clear columns an empty JSON object. Columns are only added, never altered: on SQLite an
+altered column recreates the table, and dropping ``event`` or ``registry_resource`` under
+enforced foreign keys would fail (or cascade into the index rows). The pseudonymous patient key is an HMAC
 now (no table). Rows written in clear by an earlier hub are still read (and are re-sealed when
 rewritten); a region moving from a clear database should start from a fresh one.
 """
 
 import sqlalchemy as sa
 from alembic import op
-from sqlalchemy.dialects import postgresql
 
 import renkei.db
 
@@ -19,8 +20,6 @@ revision = "0004"
 down_revision = "0001"
 branch_labels = None
 depends_on = None
-
-JSON = sa.JSON().with_variant(postgresql.JSONB(astext_type=sa.Text()), "postgresql")
 
 
 def upgrade() -> None:
@@ -35,16 +34,13 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("id", name=op.f("pk_data_key")),
         sa.UniqueConstraint("patient_id", name=op.f("uq_data_key_patient_id")),
     )
-    with op.batch_alter_table("registry_resource", schema=None) as batch_op:
-        batch_op.alter_column("body", existing_type=JSON, nullable=True)
-        batch_op.add_column(sa.Column("body_sealed", sa.LargeBinary(), nullable=True))
-        batch_op.add_column(
-            sa.Column("forgotten_at", renkei.db.UTCDateTime(timezone=True), nullable=True)
-        )
-    with op.batch_alter_table("event", schema=None) as batch_op:
-        batch_op.alter_column("bundle", existing_type=JSON, nullable=True)
-        batch_op.add_column(sa.Column("bundle_sealed", sa.LargeBinary(), nullable=True))
-        batch_op.add_column(sa.Column("unmatched_reason", sa.String(length=32), nullable=True))
+    op.add_column("registry_resource", sa.Column("body_sealed", sa.LargeBinary(), nullable=True))
+    op.add_column(
+        "registry_resource",
+        sa.Column("forgotten_at", renkei.db.UTCDateTime(timezone=True), nullable=True),
+    )
+    op.add_column("event", sa.Column("bundle_sealed", sa.LargeBinary(), nullable=True))
+    op.add_column("event", sa.Column("unmatched_reason", sa.String(length=32), nullable=True))
     op.drop_table("patient_key")
 
 
