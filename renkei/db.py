@@ -70,7 +70,9 @@ def utcnow() -> datetime:
 
 def create_engine(url: str) -> AsyncEngine:
     if url.startswith("sqlite"):
-        engine = create_async_engine(url, connect_args={"timeout": 30})
+        # hide_parameters: a failing statement's log line must not carry bound values (bundles,
+        # names); everything here is parameterised, so the SQL text itself is safe to log.
+        engine = create_async_engine(url, connect_args={"timeout": 30}, hide_parameters=True)
 
         @event.listens_for(engine.sync_engine, "connect")
         def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
@@ -83,11 +85,15 @@ def create_engine(url: str) -> AsyncEngine:
             cursor.close()
 
         return engine
-    return create_async_engine(url, pool_size=10, max_overflow=10, pool_pre_ping=True)
+    return create_async_engine(
+        url, pool_size=10, max_overflow=10, pool_pre_ping=True, hide_parameters=True
+    )
 
 
-def session_factory(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
-    return async_sessionmaker(engine, expire_on_commit=False)
+def session_factory(engine: AsyncEngine, keyring: Any = None) -> async_sessionmaker[AsyncSession]:
+    """Sessions carrying the hub's keyring (renkei.crypto.Keyring) in ``session.info``: the
+    registry, intake and router seal and open patient data through it."""
+    return async_sessionmaker(engine, expire_on_commit=False, info={"keyring": keyring})
 
 
 def alembic_config() -> Config:

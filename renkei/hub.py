@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
@@ -14,7 +15,9 @@ from aiokafka.errors import KafkaError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from renkei.broker import Broker
+from renkei.crypto import Keyring
 from renkei.db import create_engine, migrate, session_factory
+from renkei.keys import secure_dir, secure_tree
 from renkei.settings import Settings
 from services.auth.service import signing_key
 
@@ -26,8 +29,13 @@ Worker = Callable[["Hub"], Awaitable[None]]
 class Hub:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
+        # Everything the hub writes under the data dir (database, keys, broker logs) is the
+        # hub's alone: files 0600, directories 0700.
+        os.umask(0o077)
+        secure_dir(Path(settings.data_dir))
+        self.keyring = Keyring.local(settings.keys_dir, settings.dek_cache_seconds)
         self.engine: AsyncEngine = create_engine(settings.resolved_database_url)
-        self.sessions: async_sessionmaker[AsyncSession] = session_factory(self.engine)
+        self.sessions: async_sessionmaker[AsyncSession] = session_factory(self.engine, self.keyring)
         self.token_public_key = signing_key(settings.keys_dir).public_key()
         self.broker: Broker | None = None
         self._embedded = None
@@ -37,8 +45,9 @@ class Hub:
         self.outbox_written = asyncio.Event()
 
     async def start(self, *, broker: bool = True, workers: bool = True) -> None:
-        await asyncio.to_thread(Path(self.settings.data_dir).mkdir, parents=True, exist_ok=True)
         await migrate(self.engine)
+        # What an older hub (or another umask) left readable: the SQLite file and its -wal/-shm.
+        await asyncio.to_thread(secure_tree, Path(self.settings.data_dir))
         await self._ensure_region_office()
         if broker:
             bootstrap = self.settings.kafka_bootstrap
@@ -63,9 +72,7 @@ class Hub:
         from services.registry.service import ensure_region_office
 
         async with self.sessions() as session:
-            await ensure_region_office(
-                session, self.settings.region_org, self.settings.region_name
-            )
+            await ensure_region_office(session, self.settings.region_org, self.settings.region_name)
             await session.commit()
 
     def spawn(self, name: str, worker: Worker) -> asyncio.Task[None]:

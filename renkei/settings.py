@@ -41,6 +41,11 @@ class Settings(BaseSettings):
     topic_retention_ms: int = 7 * 24 * 3600 * 1000
     topic_compression: str = "producer"
 
+    # How long an unwrapped data key stays in memory (the hot path); a patient forgotten by
+    # another process stops decrypting here after at most this long (reads check forgotten_at
+    # in the database at once).
+    dek_cache_seconds: float = 300.0
+
     max_message_bytes: int = Field(default=1024 * 1024, description="Largest accepted message")
     token_ttl_seconds: int = 12 * 3600
 

@@ -20,3 +20,11 @@ CONTENT_LEVEL_EXTENSION = f"{CANONICAL_BASE}/StructureDefinition/content-level"
 # HL7 v3 ActReason: BTG ("break the glass") marks data disclosed in an emergency.
 ACT_REASON_SYSTEM = "http://terminology.hl7.org/CodeSystem/v3-ActReason"
 BREAK_THE_GLASS = "BTG"
+
+# Patient-identifier systems an Organization issues (senders are bound to their own ids): the
+# JP Core system derived from its 10-digit 医療機関コード, and any it lists in the extension.
+INSTITUTION_NO_SYSTEM = "http://jpfhir.jp/fhir/core/IdSystem/insurance-medical-institution-no"
+PATIENT_ID_SYSTEM_PREFIX = "urn:oid:1.2.392.100495.20.3.51.1"  # + the 10-digit code
+PATIENT_IDENTIFIER_SYSTEM_EXTENSION = (
+    f"{CANONICAL_BASE}/StructureDefinition/patient-identifier-system"
+)

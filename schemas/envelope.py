@@ -1,8 +1,10 @@
 """The record the hub puts on the event topics.
 
-Metadata and payload are kept apart so a later change can encrypt ``payload`` alone while
-routing keeps reading the metadata. Kafka headers carry only what a broker-side tool may see:
-event id, type and schema version — never personal data, not even the pseudonymous key.
+Schema version 2: the record value is this envelope (JSON) sealed with AES-256-GCM under the
+patient's data key (renkei.crypto.seal), with AAD naming the record kind and the event id, so
+a value cannot be replayed as another event's. Kafka headers carry only what a broker-side tool
+may see: event id, type, schema version and the data key's id — never personal data, not even
+the pseudonymous key. Version 1 records (clear JSON) are refused like any unknown version.
 """
 
 from __future__ import annotations
@@ -14,11 +16,31 @@ from typing import Any
 
 from schemas.events import EventType
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 HEADER_EVENT_ID = "renkei-event-id"
 HEADER_EVENT_TYPE = "renkei-event-type"
 HEADER_SCHEMA_VERSION = "renkei-schema-version"
+HEADER_KEY_ID = "renkei-key-id"
+
+
+def event_record_aad(event_id: str) -> str:
+    return f"kafka|event|{event_id}"
+
+
+def notification_record_aad(event_id: str) -> str:
+    return f"kafka|notification|{event_id}"
+
+
+def header(headers: list[tuple[str, bytes]] | None, name: str) -> str | None:
+    for key, value in headers or ():
+        if key == name:
+            try:
+                return bytes(value).decode("ascii")
+            except UnicodeDecodeError:
+                return None
+    return None
+
 
 _FIELDS = (
     "event_id", "event_type", "patient_key", "schema_version", "sender_org_id",
@@ -72,7 +94,7 @@ class EventEnvelope:
         if not isinstance(doc, dict) or not set(_FIELDS) <= doc.keys():
             raise EnvelopeError("envelope lacks required fields")
         version = doc["schema_version"]
-        if not isinstance(version, int) or not 1 <= version <= SCHEMA_VERSION:
+        if not isinstance(version, int) or version != SCHEMA_VERSION:
             # A newer producer's record: refuse rather than misread it (goes to the DLQ).
             raise EnvelopeError(f"unsupported envelope schema version {version!r}")
         try:
@@ -90,11 +112,12 @@ class EventEnvelope:
         except (ValueError, TypeError) as exc:
             raise EnvelopeError(f"malformed envelope: {type(exc).__name__}") from None
 
-    def headers(self) -> list[tuple[str, bytes]]:
+    def headers(self, key_id: str) -> list[tuple[str, bytes]]:
         return [
             (HEADER_EVENT_ID, self.event_id.encode("utf-8")),
             (HEADER_EVENT_TYPE, self.event_type.value.encode("utf-8")),
             (HEADER_SCHEMA_VERSION, str(self.schema_version).encode("ascii")),
+            (HEADER_KEY_ID, key_id.encode("ascii")),
         ]
 
 

@@ -2,7 +2,8 @@
 
 For partners who follow notifications on Kafka rather than over FHIR. It names the event, the
 recipient and what is due; it carries no message content and no personal data (the patient is
-the hub's pseudonymous key), so encrypting payloads later changes nothing here.
+the hub's pseudonymous key). Like every record value it is sealed under the patient's data key
+(schema version 2); headers carry the event id, type, schema version and key id only.
 """
 
 from __future__ import annotations
@@ -10,10 +11,14 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass
 
-from schemas.envelope import HEADER_EVENT_ID, HEADER_EVENT_TYPE, HEADER_SCHEMA_VERSION
+from schemas.envelope import (
+    HEADER_EVENT_ID,
+    HEADER_EVENT_TYPE,
+    HEADER_KEY_ID,
+    HEADER_SCHEMA_VERSION,
+)
 
-NOTIFICATION_SCHEMA_VERSION = 1
-HEADER_RECORD_KIND = "renkei-record-kind"
+NOTIFICATION_SCHEMA_VERSION = 2
 
 
 @dataclass(frozen=True)
@@ -40,10 +45,10 @@ class NotificationRecord:
     def from_bytes(cls, raw: bytes) -> NotificationRecord:
         return cls(**json.loads(raw))
 
-    def headers(self) -> list[tuple[str, bytes]]:
+    def headers(self, key_id: str) -> list[tuple[str, bytes]]:
         return [
             (HEADER_EVENT_ID, self.event_id.encode()),
             (HEADER_EVENT_TYPE, self.event_type.encode()),
             (HEADER_SCHEMA_VERSION, str(self.schema_version).encode()),
-            (HEADER_RECORD_KIND, b"notification"),
+            (HEADER_KEY_ID, key_id.encode()),
         ]

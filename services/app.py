@@ -9,7 +9,7 @@ from fastapi import Depends, FastAPI
 from fastapi.responses import JSONResponse
 
 from renkei.hub import Hub
-from services import health
+from services import health, logs
 from services.auth.policy import authorize
 from services.errors import install_error_handlers
 from services.intake.views import router as intake_router
@@ -40,6 +40,7 @@ def create_app(hub: Hub, *, manage_hub: bool = False) -> FastAPI:
         dependencies=[Depends(authorize)],
     )
     app.state.hub = hub
+    logs.install()  # the access log never prints query strings (search values)
     install_error_handlers(app)
     app.include_router(health.router)
     app.include_router(intake_router)

@@ -12,7 +12,12 @@ import httpx
 from renkei.settings import get_settings
 from schemas.events import EVENT_RULES, EventType
 from services.auth.service import Role, issue_token
-from services.demo_region import PRACTITIONERS, organization_names, region_resources, sample_message
+from services.demo_region import (
+    PRACTITIONERS,
+    organization_names,
+    region_resources,
+    sample_message_about,
+)
 
 
 def _headers(org_id: str, role: Role, practitioner: str | None = None) -> dict[str, str]:
@@ -36,7 +41,7 @@ def post_events(client: httpx.Client) -> dict[EventType, str]:
     run = uuid.uuid4().hex[:8]
     events = {}
     for event_type in EventType:
-        bundle = sample_message(event_type)
+        bundle = sample_message_about(event_type)  # p01, in the sender's own numbering
         header = bundle["entry"][0]["resource"]
         header["id"] = f"{header['id']}-{run}"
         sender = header["sender"]["reference"].removeprefix("Organization/")

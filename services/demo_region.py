@@ -117,8 +117,8 @@ def patient(row: tuple[str, ...]) -> dict[str, Any]:
         "resourceType": "Patient",
         "id": pid,
         "identifier": [
-            {"system": f"{PATIENT_ID_SYSTEM}1310000001", "value": hospital_no},
-            {"system": f"{PATIENT_ID_SYSTEM}1310000002", "value": clinic_no},
+            {"system": f"{PATIENT_ID_SYSTEM}{code}", "value": number}
+            for code, number in chart_numbers(row).items()
         ],
         "name": [
             {"use": "official", "text": f"{family} {given}", "family": family, "given": [given]},
@@ -236,6 +236,32 @@ def region_resources() -> list[dict[str, Any]]:
         if CONSENTS[row[0]]:
             out.append(consent(row[0], CONSENTS[row[0]]))
     return out
+
+
+def chart_numbers(row: tuple[str, ...]) -> dict[str, str]:
+    """Institution code -> the patient's number there: the hospital's and the clinic's chart
+    numbers, and the visiting-nurse station's 利用者番号 (senders quote only their own)."""
+    pid, _family, _given, _kana, _gender, _birth, hospital_no, clinic_no = row
+    return {"1310000001": hospital_no, "1310000002": clinic_no, "1360000001": f"V-{pid}"}
+
+
+def sample_message_about(event: EventType, patient_id: str = "p01") -> dict[str, Any]:
+    """The contract's sample, naming the patient as its sender knows them: the sender's own
+    identifier system (senders are bound to their own patient ids) and the registry's birth
+    date. A sender without a number for the patient keeps the sample's (it stays unmatched)."""
+    bundle = sample_message(event)
+    row = next(r for r in PATIENTS if r[0] == patient_id)
+    sender = bundle["entry"][0]["resource"]["sender"]["reference"].removeprefix("Organization/")
+    code = next(c for org_id, _name, _kind, c in ORGANIZATIONS if org_id == sender)
+    numbers = chart_numbers(row)
+    number = numbers.get(code)
+    for entry in bundle["entry"]:
+        resource = entry["resource"]
+        if resource["resourceType"] == "Patient":
+            if number is not None:
+                resource["identifier"] = [{"system": f"{PATIENT_ID_SYSTEM}{code}", "value": number}]
+            resource["birthDate"] = row[5]
+    return bundle
 
 
 def sample_message(event: EventType) -> dict[str, Any]:

@@ -15,6 +15,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from renkei.crypto import Keyring
 from renkei.db import create_engine, migrate, session_factory
 from renkei.hub import Hub
 from renkei.settings import Settings
@@ -73,10 +74,10 @@ async def database_url(work_dir: Path) -> str:
 
 
 @pytest.fixture
-async def db_sessions(database_url: str):
+async def db_sessions(database_url: str, tmp_path: Path):
     engine = create_engine(database_url)
     await migrate(engine)
-    yield session_factory(engine)
+    yield session_factory(engine, Keyring.local(tmp_path / "keys"))
     await engine.dispose()
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import copy
 import uuid
 from typing import Any
 
@@ -13,7 +12,7 @@ from consumers.routing.models import SuppressedDelivery
 from renkei.hub import Hub
 from schemas.events import EventType
 from services.auth.service import Role, issue_token
-from services.demo_region import PATIENT_ID_SYSTEM, PATIENTS, region_resources, sample_message
+from services.demo_region import region_resources, sample_message_about
 from services.intake.models import Event
 from services.notifications.models import Notification
 from services.registry import service as registry
@@ -36,14 +35,8 @@ def headers(hub: Hub, org_id: str, role: str = "system", practitioner: str | Non
 
 def message(event: EventType, patient_id: str = "p01", message_id: str | None = None) -> dict:
     """The contract's sample for ``event``, about a region patient, with a fresh header id."""
-    bundle = copy.deepcopy(sample_message(event))
+    bundle = sample_message_about(event, patient_id)  # the sender's own number for them
     bundle["entry"][0]["resource"]["id"] = message_id or f"mh-{uuid.uuid4().hex}"
-    hospital_no = next(row[6] for row in PATIENTS if row[0] == patient_id)
-    for entry in bundle["entry"]:
-        if entry["resource"]["resourceType"] == "Patient":
-            entry["resource"]["identifier"] = [
-                {"system": f"{PATIENT_ID_SYSTEM}1310000001", "value": hospital_no}
-            ]
     return bundle
 
 

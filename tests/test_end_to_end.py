@@ -158,6 +158,7 @@ async def test_each_notification_is_also_a_record_on_the_notification_topic(live
     import asyncio
     import uuid
 
+    from schemas.envelope import notification_record_aad
     from schemas.notification_record import NotificationRecord
     from schemas.topics import NOTIFICATION_TOPIC
 
@@ -180,7 +181,14 @@ async def test_each_notification_is_also_a_record_on_the_notification_topic(live
             records += [r for batch in batches.values() for r in batch]
     finally:
         await consumer.stop()
-    decoded = [NotificationRecord.from_bytes(r.value) for r in records]
+    # Values are sealed under the patient's data key (AAD: the event id in the header).
+    async with hub.sessions() as session:
+        decoded = [
+            NotificationRecord.from_bytes(
+                await hub.keyring.open(session, r.value, notification_record_aad(event_id))
+            )
+            for r in records
+        ]
     assert {d.recipient: d.priority for d in decoded} == EXPECTED[EventType.ACUTE_CHANGE]
     assert {d.event_id for d in decoded} == {event_id}
     patient_key = decoded[0].patient_key

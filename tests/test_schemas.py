@@ -658,11 +658,12 @@ def test_envelope_from_bytes_rejects_garbage(raw: bytes) -> None:
 
 def test_envelope_headers_carry_no_patient_data() -> None:
     env = _envelope()
-    headers = env.headers()
+    headers = env.headers("k0123")
     assert headers == [
         ("renkei-event-id", b"0c7d6b7e-1111-4f00-8000-000000000001"),
         ("renkei-event-type", b"admission"),
-        ("renkei-schema-version", b"1"),
+        ("renkei-schema-version", b"2"),
+        ("renkei-key-id", b"k0123"),
     ]
     flat = b"".join(k.encode() + v for k, v in headers)
     for secret in (env.patient_key, *SAMPLE_PERSONAL_DATA, "Patient"):

@@ -21,10 +21,20 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from consumers.routing.service import route_event
 from consumers.routing.table import RoutingTable, load_routing
 from renkei.broker import Broker
+from renkei.crypto import CryptoError, KeyDestroyed, keyring_of
 from renkei.settings import Settings
-from schemas.envelope import EnvelopeError, EventEnvelope
+from schemas.envelope import (
+    HEADER_EVENT_ID,
+    HEADER_KEY_ID,
+    HEADER_SCHEMA_VERSION,
+    SCHEMA_VERSION,
+    EnvelopeError,
+    EventEnvelope,
+    event_record_aad,
+    header,
+)
 from schemas.topics import DLQ_TOPIC, EVENT_TOPICS
-from services.intake.models import Event
+from services.intake.models import STATUS_FORGOTTEN, Event
 
 log = logging.getLogger(__name__)
 
@@ -92,15 +102,31 @@ class Router:
 
     async def handle(self, record: ConsumerRecord, dlq: AIOKafkaProducer) -> None:
         self.handled += 1
-        try:
-            envelope = EventEnvelope.from_bytes(record.value)
-        except EnvelopeError as error:
-            await self._dead_letter(dlq, record, str(error))
+        version = header(record.headers, HEADER_SCHEMA_VERSION)
+        event_id = header(record.headers, HEADER_EVENT_ID)
+        if version != str(SCHEMA_VERSION) or not event_id or record.value is None:
+            # A newer (or older, clear) producer's record: refuse rather than misread it.
+            await self._dead_letter(dlq, record, "unsupported envelope schema version")
             return
         async with self.sessions() as session:
+            try:
+                plaintext = await keyring_of(session).open(
+                    session, record.value, event_record_aad(event_id)
+                )
+                envelope = EventEnvelope.from_bytes(plaintext)
+            except KeyDestroyed:
+                # The patient was forgotten after the record was written: nothing to route.
+                log.info("router: event %s is about a forgotten patient; skipped", event_id)
+                return
+            except (CryptoError, EnvelopeError) as error:
+                await self._dead_letter(dlq, record, str(error))
+                return
             event = await session.get(Event, envelope.event_id)
             if event is None or event.patient_id is None:
                 await self._dead_letter(dlq, record, "event not in the database")
+                return
+            if event.status == STATUS_FORGOTTEN:
+                log.info("router: event %s is about a forgotten patient; skipped", event.id)
                 return
             outcome = await route_event(
                 session, event, self.table, self.zone, self.settings.consent_default
@@ -129,13 +155,26 @@ class Router:
             record.offset,
             reason,
         )
+        source = f"{record.topic}/{record.partition}/{record.offset}"
+        # The record as it came, sealed again under the hub's own data key: the DLQ holds no
+        # clear bytes either (the original may be a clear record of an older producer).
+        async with self.sessions() as session:
+            keyring = keyring_of(session)
+            key = await keyring.hub_key(session)
+            await session.commit()
+        value = keyring.seal(key, record.value or b"", dlq_aad(source))
         headers = [
             ("renkei-dlq-reason", reason.encode()[:200]),
-            ("renkei-source", f"{record.topic}/{record.partition}/{record.offset}".encode()),
+            ("renkei-source", source.encode()),
+            (HEADER_KEY_ID, key.key_id.encode()),
         ]
         await dlq.send_and_wait(
-            self.settings.topic(DLQ_TOPIC), record.value, key=record.key, headers=headers
+            self.settings.topic(DLQ_TOPIC), value, key=record.key, headers=headers
         )
+
+
+def dlq_aad(source: str) -> str:
+    return f"kafka|dlq|{source}"
 
 
 async def run_router(hub) -> None:  # noqa: ANN001 - Hub, imported lazily to avoid a cycle

@@ -27,7 +27,9 @@ from consumers.routing.rules import (
 )
 from consumers.routing.table import Route, RoutingTable, content_for
 from producers.models import OutboxRecord, encode_headers
+from renkei.crypto import DataKeyRef, keyring_of
 from renkei.db import insert_ignore, utcnow
+from schemas.envelope import notification_record_aad
 from schemas.events import CareTeamRole, EventType
 from schemas.notification_record import NotificationRecord
 from schemas.topics import NOTIFICATION_TOPIC
@@ -91,7 +93,7 @@ async def _organization_of(session: AsyncSession, reference: str) -> str | None:
     if role is None:
         log.warning("care team names an unknown PractitionerRole; skipped")
         return None
-    org = (role.body.get("organization") or {}).get("reference", "")
+    org = ((role.body or {}).get("organization") or {}).get("reference", "")
     return org.removeprefix("Organization/") if org.startswith("Organization/") else None
 
 
@@ -161,7 +163,8 @@ async def route_event(
         await session.execute(
             insert_ignore(session, Notification.__table__, notifications, ["event_id", "recipient"])
         )
-        session.add_all(_notification_records(event, notifications, now))
+        key = await keyring_of(session).patient_dek(session, event.patient_id or "")
+        session.add_all(_notification_records(session, event, notifications, now, key))
     if suppressed:
         await session.execute(
             insert_ignore(
@@ -172,9 +175,15 @@ async def route_event(
 
 
 def _notification_records(
-    event: Event, notifications: list[dict], now: datetime
+    session: AsyncSession,
+    event: Event,
+    notifications: list[dict],
+    now: datetime,
+    key: DataKeyRef,
 ) -> list[OutboxRecord]:
-    """One ``renkei.notification`` record per recipient, through the outbox like the events."""
+    """One ``renkei.notification`` record per recipient, through the outbox like the events,
+    sealed under the patient's data key."""
+    keyring = keyring_of(session)
     rows = []
     for n in notifications:
         record = NotificationRecord(
@@ -195,8 +204,8 @@ def _notification_records(
                 event_id=event.id,
                 topic=NOTIFICATION_TOPIC,
                 key=record.patient_key,
-                value=record.to_bytes(),
-                headers=encode_headers(record.headers()),
+                value=keyring.seal(key, record.to_bytes(), notification_record_aad(event.id)),
+                headers=encode_headers(record.headers(key.key_id)),
                 created_at=now,
             )
         )

@@ -190,8 +190,11 @@ async def patient_scope(
     return PatientScope(False, frozenset(patients))
 
 
-def _patient_of(resource_type: str, body: dict) -> str | None:
-    """The registry Patient id a patient-data resource is about."""
+def _patient_of(resource_type: str, body: dict | None) -> str | None:
+    """The registry Patient id a patient-data resource is about (None once forgotten: only
+    the region office then learns that it existed, as 410)."""
+    if not body:
+        return None
     if resource_type == "Patient":
         return body.get("id")
     element = body.get("subject") if resource_type == "CareTeam" else body.get("patient")
@@ -199,7 +202,7 @@ def _patient_of(resource_type: str, body: dict) -> str | None:
     return reference.removeprefix("Patient/") if reference.startswith("Patient/") else None
 
 
-def may_read(scope: PatientScope, resource_type: str, body: dict) -> bool:
+def may_read(scope: PatientScope, resource_type: str, body: dict | None) -> bool:
     """Whether a registry resource is visible in ``scope`` (directory types always are)."""
     if resource_type in DIRECTORY_TYPES:
         return True

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import Boolean, Index, String, UniqueConstraint, false
+from sqlalchemy import Boolean, Index, LargeBinary, String, UniqueConstraint, false
 from sqlalchemy.orm import Mapped, mapped_column
 
 from renkei.db import Base, JSONDocument, UTCDateTime
@@ -12,6 +12,14 @@ from renkei.db import Base, JSONDocument, UTCDateTime
 # An event waits in ``unmatched`` until an admin links its patient, then becomes ``accepted``.
 STATUS_ACCEPTED = "accepted"
 STATUS_UNMATCHED = "unmatched"
+# The patient was forgotten (crypto-shredded): a later message is kept, never routed.
+STATUS_FORGOTTEN = "forgotten"
+
+# Why an event waits in the unmatched queue (Event.unmatched_reason).
+REASON_UNKNOWN_PATIENT = "unknown-patient"  # no registry Patient has the sender's identifier
+REASON_NOT_SENDER_SYSTEM = "not-sender-identifier"  # names the patient only by others' ids
+REASON_BIRTH_DATE = "birth-date-mismatch"  # matched, but the birth date contradicts the registry
+REASON_AMBIGUOUS = "ambiguous"  # the identifiers name more than one registry Patient
 
 
 class Event(Base):
@@ -35,7 +43,11 @@ class Event(Base):
     # Set by the router in the same transaction as the notifications: an event is done when
     # routed, not when the broker acknowledged it (the relay republishes until this is set).
     routed_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
-    bundle: Mapped[dict] = mapped_column(JSONDocument)
+    # The message, sealed under the patient's data key (or the event's own key while it is
+    # unmatched). ``bundle`` stays an empty object: it held the clear message before 0004.
+    bundle: Mapped[dict] = mapped_column(JSONDocument, default=dict)
+    bundle_sealed: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
+    unmatched_reason: Mapped[str | None] = mapped_column(String(32), nullable=True)
     # Tells a true repeat (same content) from a reused MessageHeader id (different content).
     content_sha256: Mapped[str] = mapped_column(String(64))
     # The sender marked this acute change as an emergency (break-glass): its physicians, nurse

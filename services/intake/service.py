@@ -2,6 +2,11 @@
 
 The event row and its outbox row are written in one transaction, so an event the hub answered
 2xx to is on its way to Kafka even if the broker is down at that moment.
+
+Senders are bound to their own patient ids: the message's Patient is matched only through
+identifiers in the systems the sender's Organization issues (registry.issued_systems), and a
+birth date contradicting the registry's keeps it unmatched. The bundle is stored sealed under
+the patient's data key (an event-own key while unmatched), the Kafka value likewise.
 """
 
 from __future__ import annotations
@@ -17,13 +22,23 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from producers.models import OutboxRecord, encode_headers
+from renkei.crypto import DataKeyRef, KeyDestroyed, dumps, key_id_of, keyring_of
 from renkei.db import utcnow
-from schemas.envelope import SCHEMA_VERSION, EventEnvelope
+from schemas.envelope import SCHEMA_VERSION, EventEnvelope, event_record_aad
 from schemas.events import EventType
 from schemas.message import ParsedMessage
 from schemas.topics import event_topic
 from services.errors import FhirError
-from services.intake.models import STATUS_ACCEPTED, STATUS_UNMATCHED, Event
+from services.intake.models import (
+    REASON_AMBIGUOUS,
+    REASON_BIRTH_DATE,
+    REASON_NOT_SENDER_SYSTEM,
+    REASON_UNKNOWN_PATIENT,
+    STATUS_ACCEPTED,
+    STATUS_FORGOTTEN,
+    STATUS_UNMATCHED,
+    Event,
+)
 from services.registry import service as registry
 
 log = logging.getLogger(__name__)
@@ -52,7 +67,8 @@ async def accept(session: AsyncSession, message: ParsedMessage, caller_org_id: s
             "MessageHeader.sender is not the organization of the bearer token",
             "Bundle.entry[0].resource.sender",
         )
-    if await registry.read(session, "Organization", message.sender_org_id) is None:
+    sender = await registry.read(session, "Organization", message.sender_org_id)
+    if sender is None:
         raise FhirError(
             422,
             "not-found",
@@ -65,24 +81,35 @@ async def accept(session: AsyncSession, message: ParsedMessage, caller_org_id: s
         return repeat
 
     now = utcnow()
-    identifiers = [(i.system, i.value) for i in message.patient_identifiers]
-    patient_id = await registry.match_patient(session, identifiers)
+    match = await _match(session, message, registry.issued_systems(sender.body))
+    keyring = keyring_of(session)
     event = Event(
         id=str(uuid.uuid4()),
         sender_org_id=message.sender_org_id,
         message_id=message.message_id,
         event_type=message.event_type.value,
-        status=STATUS_ACCEPTED if patient_id else STATUS_UNMATCHED,
-        patient_id=patient_id,
+        status=match.status,
+        patient_id=match.patient_id,
         occurred_at=message.occurred_at,
         accepted_at=now,
-        bundle=message.bundle,
+        unmatched_reason=match.reason,
+        bundle={},  # the message is only stored sealed (bundle_sealed)
         content_sha256=digest,
         break_glass=message.break_glass_reason is not None,
     )
+    key = None
+    if match.status == STATUS_ACCEPTED:
+        try:
+            key = await keyring.patient_dek(session, match.patient_id or "")
+        except KeyDestroyed:  # forgotten by another process a moment ago
+            event.status = STATUS_FORGOTTEN
+    if key is None:
+        key = await keyring.new_key(session)
+    event.bundle_sealed = keyring.seal(key, dumps(message.bundle), bundle_aad(event.id))
     session.add(event)
-    if patient_id is not None:
-        await _enqueue(session, event, patient_id)
+    await session.flush()  # the outbox row refers to it
+    if event.status == STATUS_ACCEPTED:
+        await _enqueue(session, event, message.bundle, key)
     try:
         await session.commit()
     except IntegrityError:
@@ -92,9 +119,65 @@ async def accept(session: AsyncSession, message: ParsedMessage, caller_org_id: s
         if repeat is None:
             raise
         return repeat
-    if patient_id is None:
-        log.info("event %s accepted with an unmatched patient; queued for linking", event.id)
+    if event.status == STATUS_UNMATCHED:
+        log.info("event %s accepted unmatched (%s); queued for linking", event.id, match.reason)
+    elif event.status == STATUS_FORGOTTEN:
+        log.info("event %s is about a forgotten patient; kept, not routed", event.id)
     return IntakeResult(event.id, True, event.status)
+
+
+def bundle_aad(event_id: str) -> str:
+    return f"event|{event_id}|bundle"
+
+
+async def event_bundle(session: AsyncSession, event: Event) -> dict | None:
+    """The event's message, decrypted; None once its key was destroyed (forgotten)."""
+    if event.bundle_sealed is None:
+        return event.bundle  # a row from before migration 0004
+    try:
+        return await keyring_of(session).open_json(
+            session, event.bundle_sealed, bundle_aad(event.id)
+        )
+    except KeyDestroyed:
+        return None
+
+
+@dataclass(frozen=True)
+class Match:
+    status: str
+    patient_id: str | None = None
+    reason: str | None = None
+
+
+async def _match(
+    session: AsyncSession, message: ParsedMessage, own_systems: frozenset[str]
+) -> Match:
+    """Who the message is about, through the sender's own identifier systems only."""
+    own = [(i.system, i.value) for i in message.patient_identifiers if i.system in own_systems]
+    if not own:
+        return Match(STATUS_UNMATCHED, reason=REASON_NOT_SENDER_SYSTEM)
+    found = await registry.patients_with(session, own)
+    if not found:
+        return Match(STATUS_UNMATCHED, reason=REASON_UNKNOWN_PATIENT)
+    if len(found) > 1:
+        log.warning("patient identifiers match %d registry patients; unmatched", len(found))
+        return Match(STATUS_UNMATCHED, reason=REASON_AMBIGUOUS)
+    patient = found[0]
+    if patient.forgotten:
+        return Match(STATUS_FORGOTTEN, patient_id=patient.id)
+    registered = (patient.body or {}).get("birthDate")
+    stated = _message_patient(message.bundle).get("birthDate")
+    if registered and stated and registered != stated:
+        return Match(STATUS_UNMATCHED, reason=REASON_BIRTH_DATE)
+    return Match(STATUS_ACCEPTED, patient_id=patient.id)
+
+
+def _message_patient(bundle: dict) -> dict:
+    for entry in bundle.get("entry", []):
+        resource = entry.get("resource") or {}
+        if resource.get("resourceType") == "Patient":
+            return resource
+    return {}
 
 
 async def _existing(
@@ -121,9 +204,9 @@ async def _existing(
     return IntakeResult(row.id, False, row.status)
 
 
-async def _enqueue(session: AsyncSession, event: Event, patient_id: str) -> None:
-    """Give the event its patient key and put it in the outbox (same transaction)."""
-    event.patient_key = await registry.patient_key(session, patient_id)
+async def _enqueue(session: AsyncSession, event: Event, bundle: dict, key: DataKeyRef) -> None:
+    """Give the event its patient key and put it in the outbox, sealed (same transaction)."""
+    event.patient_key = await registry.patient_key(session, event.patient_id or "")
     envelope = EventEnvelope(
         event_id=event.id,
         event_type=EventType(event.event_type),
@@ -133,15 +216,15 @@ async def _enqueue(session: AsyncSession, event: Event, patient_id: str) -> None
         occurred_at=event.occurred_at,
         accepted_at=event.accepted_at,
         message_id=event.message_id,
-        payload=event.bundle,
+        payload=bundle,
     )
     session.add(
         OutboxRecord(
             event_id=event.id,
             topic=event_topic(envelope.event_type),
             key=event.patient_key,
-            value=envelope.to_bytes(),
-            headers=encode_headers(envelope.headers()),
+            value=keyring_of(session).seal(key, envelope.to_bytes(), event_record_aad(event.id)),
+            headers=encode_headers(envelope.headers(key.key_id)),
             created_at=utcnow(),
         )
     )
@@ -168,10 +251,30 @@ async def link_patient(session: AsyncSession, event_id: str, patient_id: str) ->
         raise FhirError(404, "not-found", "no such event")
     if event.status != STATUS_UNMATCHED:
         raise FhirError(409, "conflict", "the event is not waiting for a patient link")
-    if await registry.read(session, "Patient", patient_id) is None:
+    patient = await registry.read(session, "Patient", patient_id)
+    if patient is None:
         raise FhirError(422, "not-found", "no such Patient in the registry", "patient")
+    if patient.forgotten:
+        raise FhirError(409, "deleted", "this patient's data was erased (forgotten)", "patient")
+    bundle = await event_bundle(session, event)
+    if bundle is None:
+        raise FhirError(409, "deleted", "the event's data was erased", "patient")
+    # The event's own key is replaced by the patient's: re-seal, then destroy the old key, so
+    # forgetting the patient later shreds this event too.
+    keyring = keyring_of(session)
+    old_key = key_id_of_event(event)
+    key = await keyring.patient_dek(session, patient_id)
+    event.bundle_sealed = keyring.seal(key, dumps(bundle), bundle_aad(event.id))
+    event.bundle = {}
     event.patient_id = patient_id
     event.status = STATUS_ACCEPTED
-    await _enqueue(session, event, patient_id)
+    event.unmatched_reason = None
+    await _enqueue(session, event, bundle, key)
+    if old_key is not None and old_key != key.key_id:
+        await keyring.destroy(session, [old_key])
     await session.commit()
     return event
+
+
+def key_id_of_event(event: Event) -> str | None:
+    return key_id_of(event.bundle_sealed) if event.bundle_sealed is not None else None

@@ -52,7 +52,7 @@ async def process_message(
         hub.outbox_written.set()
     if not result.created:
         text = "この連携メッセージは受付済みです / this message was already accepted"
-    elif result.status == "unmatched":
+    elif result.status in ("unmatched", "forgotten"):
         text = (
             "受付しました。患者は登録簿で未照合のため相談窓口で照合後に配信します / accepted; "
             "the patient is not yet matched in the registry and is queued for linking"
@@ -75,22 +75,22 @@ async def list_unmatched(
 ) -> JSONResponse:
     """The coordinator's queue: accepted events whose patient the registry did not know."""
     events = await service.unmatched(session, min(max(_count, 1), 500), max(_offset, 0))
+    entries = [
+        {"resource": _as_message_summary(event, await service.event_bundle(session, event))}
+        for event in events
+    ]
     return JSONResponse(
-        {
-            "resourceType": "Bundle",
-            "type": "collection",
-            "entry": [{"resource": _as_message_summary(event)} for event in events],
-        },
+        {"resourceType": "Bundle", "type": "collection", "entry": entries},
         media_type=FHIR_JSON,
     )
 
 
-def _as_message_summary(event: Event) -> dict:
-    """The event as a Basic resource: who sent what, and the identifiers to match on."""
+def _as_message_summary(event: Event, bundle: dict | None) -> dict:
+    """The event as a Basic resource: who sent what, why it waits, the identifiers to match on."""
     patient = next(
         (
             entry.get("resource", {})
-            for entry in event.bundle.get("entry", [])
+            for entry in (bundle or {}).get("entry", [])
             if entry.get("resource", {}).get("resourceType") == "Patient"
         ),
         {},
@@ -104,6 +104,7 @@ def _as_message_summary(event: Event) -> dict:
         "extension": [
             {"url": f"{UNMATCHED}-event-type", "valueCode": event.event_type},
             {"url": f"{UNMATCHED}-accepted-at", "valueDateTime": event.accepted_at.isoformat()},
+            {"url": f"{UNMATCHED}-reason", "valueCode": event.unmatched_reason or "unknown"},
             *(
                 {"url": f"{UNMATCHED}-patient-identifier", "valueIdentifier": identifier}
                 for identifier in patient.get("identifier", [])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+from dataclasses import dataclass
 from typing import Any
 
 from consumers.routing.rules import due_for
@@ -34,27 +35,30 @@ def status_of(notification: Notification) -> str:
     return "completed" if notification.acknowledged_at is not None else "in-progress"
 
 
-def _patient_name(event: Event) -> str:
-    for entry in event.bundle.get("entry", []):
-        resource = entry.get("resource", {})
-        if resource.get("resourceType") == "Patient":
-            for name in resource.get("name", []):
-                if name.get("text"):
-                    return name["text"]
-                parts = [name.get("family", ""), *name.get("given", [])]
-                if any(parts):
-                    return " ".join(p for p in parts if p)
-    return "（氏名未記載）"
+# What a recipient reads once the patient was forgotten (their data keys destroyed).
+FORGOTTEN_PATIENT = "（削除された患者）/ forgotten patient"
+UNNAMED_PATIENT = "（氏名未登録）"
 
 
-def to_communication(notification: Notification, event: Event, zone) -> dict[str, Any]:  # noqa: ANN001
+@dataclass(frozen=True)
+class Shown:
+    """What the hub may show of the patient: the registry's name (never the message's) and
+    the message itself (None once forgotten)."""
+
+    patient_name: str
+    bundle: dict[str, Any] | None
+
+
+def to_communication(  # noqa: ANN001 - zone: ZoneInfo
+    notification: Notification, event: Event, zone, shown: Shown
+) -> dict[str, Any]:
     event_type = EventType(notification.category)
     rule = EVENT_RULES[event_type]
     role = CareTeamRole(notification.care_team_role)
     at = event.occurred_at or event.accepted_at
     due = due_for(event_type, role, notification.priority, at, zone)
     when = at.astimezone(zone).strftime("%Y-%m-%d %H:%M")
-    text = f"【{rule.display_ja}】{_patient_name(event)} 様（{when}）: {due.text_ja}"
+    text = f"【{rule.display_ja}】{shown.patient_name} 様（{when}）: {due.text_ja}"
     communication: dict[str, Any] = {
         "resourceType": "Communication",
         "id": notification.id,
@@ -88,21 +92,19 @@ def to_communication(notification: Notification, event: Event, zone) -> dict[str
                 ]
             }
         ],
-        "payload": [
-            {"contentString": text},
-            {"contentString": due.text_en},
-        ],
+        "payload": [{"contentString": text}, {"contentString": due.text_en}],
         "extension": [{"url": CONTENT_LEVEL_EXTENSION, "valueCode": notification.content}],
     }
-    # Minimum necessary: a summary says what happened and what is due, never the message.
-    if notification.content == "full":
+    # Minimum necessary: a summary says what happened and what is due, never the message
+    # (nor once the patient was forgotten: shown.bundle is None).
+    if notification.content == "full" and shown.bundle is not None:
         communication["payload"].append(
             {
                 "contentAttachment": {
                     "contentType": "application/fhir+json",
                     "title": f"{rule.display_ja} message bundle",
                     "data": base64.b64encode(
-                        json.dumps(event.bundle, ensure_ascii=False).encode()
+                        json.dumps(shown.bundle, ensure_ascii=False).encode()
                     ).decode(),
                 }
             }

@@ -12,6 +12,8 @@ from renkei.db import utcnow
 from services.auth.service import Principal
 from services.errors import FhirError
 from services.intake.models import Event
+from services.intake.service import event_bundle
+from services.notifications.communication import FORGOTTEN_PATIENT, UNNAMED_PATIENT, Shown
 from services.notifications.models import Notification
 from services.registry import service as registry
 
@@ -130,3 +132,18 @@ async def acknowledge(session: AsyncSession, principal: Principal, notification_
         notification.acknowledged_by = _who(principal)
         await session.commit()
     return notification, event
+
+
+async def shown(session: AsyncSession, rows: list[tuple[Notification, Event]]) -> list[Shown]:
+    """For each (notification, event): the patient as the registry names them, and the
+    message, both decrypted; a forgotten patient shows a placeholder and no message."""
+    patients = await registry.read_many(session, "Patient", (n.patient_id for n, _ in rows))
+    result = []
+    for notification, event in rows:
+        patient = patients.get(notification.patient_id)
+        if patient is None or patient.forgotten:
+            result.append(Shown(FORGOTTEN_PATIENT, None))
+            continue
+        name = registry.patient_name(patient) or UNNAMED_PATIENT
+        result.append(Shown(name, await event_bundle(session, event)))
+    return result

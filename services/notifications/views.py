@@ -15,8 +15,10 @@ from services.auth.policy import caller
 from services.auth.service import Principal
 from services.dependencies import get_hub, get_session
 from services.errors import FHIR_JSON, FhirError
+from services.intake.models import Event
 from services.notifications import service
 from services.notifications.communication import to_communication
+from services.notifications.models import Notification
 
 router = APIRouter(prefix="/fhir/Communication")
 
@@ -76,6 +78,7 @@ async def search(
     )
     rows, total = await service.search(session, principal, filters, count, offset)
     zone = ZoneInfo(hub.settings.timezone)
+    shown = await service.shown(session, rows)
     params = {k: v for k, v in request.query_params.items() if k not in ("_offset",)}
     links = [{"relation": "self", "url": _url(request, params, offset)}]
     if offset + count < total:
@@ -90,10 +93,10 @@ async def search(
         "entry": [
             {
                 "fullUrl": str(request.url_for("read_communication", notification_id=n.id)),
-                "resource": to_communication(n, e, zone),
+                "resource": to_communication(n, e, zone, what),
                 "search": {"mode": "match"},
             }
-            for n, e in rows
+            for (n, e), what in zip(rows, shown, strict=True)
         ],
     }
     return JSONResponse(bundle, media_type=FHIR_JSON)
@@ -112,9 +115,7 @@ async def read(
     hub: Hub = Depends(get_hub),
 ) -> JSONResponse:
     notification, event = await service.get(session, principal, notification_id)
-    return JSONResponse(
-        to_communication(notification, event, ZoneInfo(hub.settings.timezone)), media_type=FHIR_JSON
-    )
+    return await _communication(session, hub, notification, event)
 
 
 @router.post("/{notification_id}/$read")
@@ -125,9 +126,7 @@ async def mark_read(
     hub: Hub = Depends(get_hub),
 ) -> JSONResponse:
     notification, event = await service.mark_read(session, principal, notification_id)
-    return JSONResponse(
-        to_communication(notification, event, ZoneInfo(hub.settings.timezone)), media_type=FHIR_JSON
-    )
+    return await _communication(session, hub, notification, event)
 
 
 @router.post("/{notification_id}/$acknowledge")
@@ -138,6 +137,14 @@ async def acknowledge(
     hub: Hub = Depends(get_hub),
 ) -> JSONResponse:
     notification, event = await service.acknowledge(session, principal, notification_id)
+    return await _communication(session, hub, notification, event)
+
+
+async def _communication(
+    session: AsyncSession, hub: Hub, notification: Notification, event: Event
+) -> JSONResponse:
+    (shown,) = await service.shown(session, [(notification, event)])
     return JSONResponse(
-        to_communication(notification, event, ZoneInfo(hub.settings.timezone)), media_type=FHIR_JSON
+        to_communication(notification, event, ZoneInfo(hub.settings.timezone), shown),
+        media_type=FHIR_JSON,
     )

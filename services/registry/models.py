@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import ForeignKeyConstraint, Index, Integer, String
+from sqlalchemy import ForeignKeyConstraint, Index, Integer, LargeBinary, String
 from sqlalchemy.orm import Mapped, mapped_column
 
 from renkei.db import Base, JSONDocument, UTCDateTime
@@ -21,6 +21,8 @@ REGISTRY_TYPES = (
     "CareTeam",
     "Consent",
 )
+# Patient data: bodies sealed with the patient's data key, identifiers blind-indexed.
+PATIENT_DATA = frozenset({"Patient", "CareTeam", "Consent"})
 
 
 class RegistryResource(Base):
@@ -29,11 +31,19 @@ class RegistryResource(Base):
     resource_type: Mapped[str] = mapped_column(String(40), primary_key=True)
     id: Mapped[str] = mapped_column(String(64), primary_key=True)
     version_id: Mapped[int] = mapped_column(Integer, default=1)
+    # Directory types (Organization, Practitioner, PractitionerRole) in clear: the region's
+    # public directory. Patient data (PATIENT_DATA) only sealed under the patient's data key,
+    # ``body`` then an empty object.
     body: Mapped[dict] = mapped_column(JSONDocument)
+    body_sealed: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
     last_updated: Mapped[datetime] = mapped_column(UTCDateTime)
+    # Set by `renkei patient forget`: the data key is destroyed and the row answers 410.
+    forgotten_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
 
 
 class RegistryIdentifier(Base):
+    """(system, value); for PATIENT_DATA the value is the blind index HMAC(system|value)."""
+
     __tablename__ = "registry_identifier"
     __table_args__ = (
         ForeignKeyConstraint(
@@ -67,12 +77,3 @@ class RegistryReference(Base):
     resource_id: Mapped[str] = mapped_column(String(64), primary_key=True)
     name: Mapped[str] = mapped_column(String(40), primary_key=True)
     target: Mapped[str] = mapped_column(String(200), primary_key=True)
-
-
-class PatientKey(Base):
-    """The hub's pseudonymous key for a registry Patient: the Kafka key of all their events."""
-
-    __tablename__ = "patient_key"
-
-    patient_id: Mapped[str] = mapped_column(String(64), primary_key=True)
-    key: Mapped[str] = mapped_column(String(64), unique=True)

@@ -5,6 +5,10 @@ relies on), then stored as the caller wrote them with ``id`` and ``meta`` set by
 Identifiers and references are copied into index rows on every write so that searches, patient
 matching and routing look-ups are indexed queries rather than scans of JSON.
 
+Patient data (Patient, CareTeam, Consent) is sealed with the patient's data key and its
+identifiers are stored as blind indexes (renkei.crypto); reads and searches here decrypt, so
+this module is the one place that knows. Directory types stay in clear.
+
 Nothing here commits: callers own the transaction. Issues never quote input values, which may
 be personal data (names, birth dates, identifiers).
 """
@@ -16,6 +20,7 @@ import logging
 import re
 import uuid
 from collections.abc import Collection, Iterable, Mapping
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -24,14 +29,21 @@ from pydantic import ValidationError
 from sqlalchemy import Select, and_, delete, func, insert, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from renkei.crypto import KeyDestroyed, dumps, keyring_of
 from renkei.db import insert_ignore, utcnow
-from schemas.canonical import CARE_TEAM_ROLE_SYSTEM, EVENT_SYSTEM
+from schemas.canonical import (
+    CARE_TEAM_ROLE_SYSTEM,
+    EVENT_SYSTEM,
+    INSTITUTION_NO_SYSTEM,
+    PATIENT_ID_SYSTEM_PREFIX,
+    PATIENT_IDENTIFIER_SYSTEM_EXTENSION,
+)
 from schemas.events import EventType
 from schemas.fhir_errors import issues_from_pydantic
 from schemas.outcome import InvalidMessage, Issue
 from services.registry.models import (
+    PATIENT_DATA,
     REGISTRY_TYPES,
-    PatientKey,
     RegistryIdentifier,
     RegistryReference,
     RegistryResource,
@@ -89,16 +101,75 @@ _REFERENCE_PARAMS: dict[str, dict[str, tuple[str, tuple[str, ...]]]] = {
 _PAGING_PARAMS = frozenset({"_count", "_offset"})
 
 
+@dataclass(frozen=True)
+class StoredResource:
+    """A registry resource as callers see it: the body decrypted (None once forgotten)."""
+
+    resource_type: str
+    id: str
+    version_id: int
+    body: dict | None
+    last_updated: datetime
+    forgotten: bool = False
+
+
+def _aad(resource_type: str, resource_id: str) -> str:
+    return f"registry_resource|{resource_type}|{resource_id}|body"
+
+
+async def _opened(session: AsyncSession, row: RegistryResource) -> StoredResource:
+    body = row.body
+    forgotten = row.forgotten_at is not None
+    if row.body_sealed is not None and not forgotten:
+        try:
+            body = await keyring_of(session).open_json(
+                session, row.body_sealed, _aad(row.resource_type, row.id)
+            )
+        except KeyDestroyed:
+            body, forgotten = None, True
+    elif forgotten:
+        body = None
+    return StoredResource(
+        row.resource_type, row.id, row.version_id, body, row.last_updated, forgotten
+    )
+
+
+def owner_patient(resource_type: str, body: dict) -> str | None:
+    """The patient whose data key seals a patient-data resource."""
+    element = {"Patient": None, "CareTeam": "subject", "Consent": "patient"}[resource_type]
+    if element is None:
+        return body["id"]
+    target = _target(body.get(element), ("Patient",))
+    return target.removeprefix("Patient/") if target else None
+
+
 # --------------------------------------------------------------------------------------------
 # Reads
 
 
 async def read(
     session: AsyncSession, resource_type: str, resource_id: str
-) -> RegistryResource | None:
+) -> StoredResource | None:
+    """The resource, decrypted; ``forgotten`` set (body None) once its patient was forgotten."""
     if resource_type not in REGISTRY_TYPES or not ID_PATTERN.match(resource_id):
         return None
-    return await session.get(RegistryResource, (resource_type, resource_id))
+    row = await session.get(RegistryResource, (resource_type, resource_id))
+    return None if row is None else await _opened(session, row)
+
+
+async def read_many(
+    session: AsyncSession, resource_type: str, resource_ids: Iterable[str]
+) -> dict[str, StoredResource]:
+    """Several resources of one type in one query (a page of notifications names its patients)."""
+    ids = sorted({i for i in resource_ids if ID_PATTERN.match(i)})
+    if resource_type not in REGISTRY_TYPES or not ids:
+        return {}
+    rows = await session.scalars(
+        select(RegistryResource).where(
+            RegistryResource.resource_type == resource_type, RegistryResource.id.in_(ids)
+        )
+    )
+    return {row.id: await _opened(session, row) for row in rows.all()}
 
 
 async def search(
@@ -115,11 +186,11 @@ async def search(
     ``offset``/``limit`` let the views page in SQL instead of loading the whole registry.
     ``patients``: only resources about these Patient ids (the caller's need to know).
     """
-    query = _search_query(resource_type, params, patients)
+    query = await _search_query(session, resource_type, params, patients)
     query = query.order_by(RegistryResource.id).offset(offset)
     if limit is not None:
         query = query.limit(limit)
-    return list((await session.scalars(query)).all())
+    return [await _opened(session, row) for row in (await session.scalars(query)).all()]
 
 
 async def search_total(
@@ -129,57 +200,90 @@ async def search_total(
     patients: Collection[str] | None = None,
 ) -> int:
     """How many resources ``search`` would return without paging (Bundle.total)."""
-    subquery = _search_query(resource_type, params, patients).subquery()
+    subquery = (await _search_query(session, resource_type, params, patients)).subquery()
     return int(await session.scalar(select(func.count()).select_from(subquery)) or 0)
+
+
+async def patients_with(
+    session: AsyncSession, identifiers: Iterable[tuple[str, str]]
+) -> list[StoredResource]:
+    """The registry Patients carrying any of ``identifiers`` (system, value), decrypted.
+
+    Identifiers without a system are ignored: a bare number could belong to anyone. One query
+    through the blind index: the identifiers themselves are not in the database. More than one
+    Patient means the registry or the message is wrong; the caller must not guess.
+    """
+    keyring = keyring_of(session)
+    blinded = {
+        (system, keyring.blind(system, value)) for system, value in identifiers if system and value
+    }
+    if not blinded:
+        return []
+    matching = (
+        select(RegistryIdentifier.resource_id)
+        .where(RegistryIdentifier.resource_type == "Patient")
+        .where(or_(*(_identifier_clause(s, v) for s, v in sorted(blinded))))
+    )
+    rows = await session.scalars(
+        select(RegistryResource)
+        .where(RegistryResource.resource_type == "Patient", RegistryResource.id.in_(matching))
+        .order_by(RegistryResource.id)
+    )
+    return [await _opened(session, row) for row in rows.all()]
 
 
 async def match_patient(
     session: AsyncSession, identifiers: Iterable[tuple[str, str]]
 ) -> str | None:
-    """The registry Patient carrying any of ``identifiers`` (system, value), or None.
-
-    Identifiers without a system are ignored: a bare number could belong to anyone. Two
-    different patients matching means the registry or the message is wrong; guessing would
-    send a person's events to another person's care team, so the caller treats it as unmatched.
-    """
-    pairs = {(system, value) for system, value in identifiers if system and value}
-    if not pairs:
-        return None
-    query = (
-        select(RegistryIdentifier.resource_id)
-        .where(RegistryIdentifier.resource_type == "Patient")
-        .where(or_(*(_identifier_clause(s, v) for s, v in sorted(pairs))))
-        .distinct()
-    )
-    ids = list((await session.scalars(query)).all())
-    if len(ids) > 1:
+    """The one registry Patient carrying any of ``identifiers``, or None (none, or several)."""
+    found = await patients_with(session, identifiers)
+    if len(found) > 1:
         # Counts only: the identifiers and patient ids would link a person to the conflict.
         log.warning(
-            "patient identifiers match %d registry patients; treated as unmatched", len(ids)
+            "patient identifiers match %d registry patients; treated as unmatched", len(found)
         )
-        return None
-    return ids[0] if ids else None
+    return found[0].id if len(found) == 1 else None
 
 
 async def patient_key(session: AsyncSession, patient_id: str) -> str:
-    """Get or create the pseudonymous key (the Kafka key of the patient's events).
+    """The pseudonymous key (the Kafka key of the patient's records): an HMAC of the id under
+    the hub's own key, the same in every process, never the id or an identifier."""
+    return keyring_of(session).patient_key(patient_id)
 
-    INSERT .. ON CONFLICT DO NOTHING then SELECT, so two writers racing agree on one key.
-    """
-    key = await session.scalar(select(PatientKey.key).where(PatientKey.patient_id == patient_id))
-    if key is not None:
-        return key
-    await session.execute(
-        insert_ignore(
-            session,
-            PatientKey,
-            [{"patient_id": patient_id, "key": uuid.uuid4().hex}],
-            ["patient_id"],
-        )
-    )
-    key = await session.scalar(select(PatientKey.key).where(PatientKey.patient_id == patient_id))
-    assert key is not None  # inserted or already there
-    return key
+
+def issued_systems(organization: dict | None) -> frozenset[str]:
+    """The patient-identifier systems an Organization issues: JP Core's system of its 10-digit
+    医療機関コード, plus those its extension lists (介護保険事業所番号, 利用者番号, ...)."""
+    if not organization:
+        return frozenset()
+    systems = {
+        f"{PATIENT_ID_SYSTEM_PREFIX}{identifier['value']}"
+        for identifier in organization.get("identifier") or []
+        if identifier.get("system") == INSTITUTION_NO_SYSTEM
+        and re.fullmatch(r"[0-9]{10}", str(identifier.get("value") or ""))
+    }
+    systems |= {
+        extension["valueUri"]
+        for extension in organization.get("extension") or []
+        if extension.get("url") == PATIENT_IDENTIFIER_SYSTEM_EXTENSION
+        and isinstance(extension.get("valueUri"), str)
+    }
+    return frozenset(systems)
+
+
+def patient_name(patient: StoredResource | None) -> str | None:
+    """How the registry names the patient (official name first), None if it cannot say."""
+    if patient is None or patient.body is None:
+        return None
+    names = patient.body.get("name") or []
+    names = sorted(names, key=lambda n: 0 if n.get("use") == "official" else 1)
+    for name in names:
+        if name.get("text"):
+            return name["text"]
+        parts = [name.get("family", ""), *name.get("given", [])]
+        if any(parts):
+            return " ".join(p for p in parts if p)
+    return None
 
 
 async def care_teams(session: AsyncSession, patient_id: str) -> list[dict]:
@@ -238,14 +342,16 @@ async def care_teams_with_members(session: AsyncSession, references: list[str]) 
     if not references:
         return []
     query = (
-        select(RegistryResource.body)
+        select(RegistryResource)
         .where(RegistryResource.resource_type == "CareTeam")
+        .where(RegistryResource.forgotten_at.is_(None))
         .where(
             RegistryResource.id.in_(_referencing_ids("CareTeam", "participant", *references))
         )
         .order_by(RegistryResource.id)
     )
-    return list((await session.scalars(query)).all())
+    opened = [await _opened(session, row) for row in (await session.scalars(query)).all()]
+    return [resource.body for resource in opened if resource.body is not None]
 
 
 # --------------------------------------------------------------------------------------------
@@ -305,27 +411,50 @@ async def write(
     _validate(resource_type, candidate)
     identifiers, references = _index_entries(resource_type, candidate)
 
-    current = await session.scalar(
-        select(RegistryResource.version_id).where(
-            RegistryResource.resource_type == resource_type, RegistryResource.id == resource_id
+    existing = (
+        await session.execute(
+            select(RegistryResource.version_id, RegistryResource.forgotten_at).where(
+                RegistryResource.resource_type == resource_type, RegistryResource.id == resource_id
+            )
         )
-    )
+    ).first()
+    current = existing.version_id if existing is not None else None
     if posted and current is not None:
         # POST creates; silently overwriting an existing resource would lose data.
         raise _conflict(resource_type, "a resource with this id exists; use PUT to update it")
+    if existing is not None and existing.forgotten_at is not None:
+        raise _gone(resource_type)
     now = utcnow()
     version = 1 if current is None else current + 1
     stored = _with_meta(candidate, version, now)
+    columns = await _columns(session, resource_type, resource_id, stored)
+    if resource_type in PATIENT_DATA:
+        keyring = keyring_of(session)
+        identifiers = {(s, keyring.blind(s, v)) for s, v in identifiers}
     if current is None:
-        await _insert(session, resource_type, resource_id, stored, now)
+        await _insert(session, resource_type, resource_id, columns, now)
     else:
-        await _update(session, resource_type, resource_id, stored, now, current)
+        await _update(session, resource_type, resource_id, columns, now, current)
     await _reindex(session, resource_type, resource_id, identifiers, references)
-    if resource_type == "Patient":
-        await patient_key(session, resource_id)
-    row = await session.get(RegistryResource, (resource_type, resource_id), populate_existing=True)
-    assert row is not None  # just written in this transaction
+    row = StoredResource(resource_type, resource_id, version, stored, now)
     return row, current is None
+
+
+async def _columns(
+    session: AsyncSession, resource_type: str, resource_id: str, stored: dict
+) -> dict[str, Any]:
+    """The body columns: clear for the directory, sealed under the patient's key otherwise."""
+    if resource_type not in PATIENT_DATA:
+        return {"body": stored, "body_sealed": None}
+    owner = owner_patient(resource_type, stored)
+    assert owner is not None  # the rules require the reference
+    keyring = keyring_of(session)
+    try:
+        ref = await keyring.patient_dek(session, owner)
+    except KeyDestroyed:
+        raise _gone(resource_type) from None
+    sealed = keyring.seal(ref, dumps(stored), _aad(resource_type, resource_id))
+    return {"body": {}, "body_sealed": sealed}
 
 
 def _resolve_id(resource_type: str, body: dict, resource_id: str | None) -> str:
@@ -532,13 +661,13 @@ def _instant(moment: datetime) -> str:
 
 
 async def _insert(
-    session: AsyncSession, resource_type: str, resource_id: str, body: dict, now: datetime
+    session: AsyncSession, resource_type: str, resource_id: str, columns: dict, now: datetime
 ) -> None:
     row = {
         "resource_type": resource_type,
         "id": resource_id,
         "version_id": 1,
-        "body": body,
+        **columns,
         "last_updated": now,
     }
     # ON CONFLICT DO NOTHING + RETURNING: a concurrent create of the same id answers 409
@@ -553,7 +682,7 @@ async def _update(
     session: AsyncSession,
     resource_type: str,
     resource_id: str,
-    body: dict,
+    columns: dict,
     now: datetime,
     expected_version: int,
 ) -> None:
@@ -566,7 +695,7 @@ async def _update(
             RegistryResource.id == resource_id,
             RegistryResource.version_id == expected_version,
         )
-        .values(version_id=expected_version + 1, body=body, last_updated=now)
+        .values(version_id=expected_version + 1, **columns, last_updated=now)
         .returning(RegistryResource.id)
         .execution_options(synchronize_session=False)
     )
@@ -605,14 +734,19 @@ async def _reindex(
 # Search helpers
 
 
-def _search_query(
-    resource_type: str, params: Mapping[str, str], patients: Collection[str] | None = None
+async def _search_query(
+    session: AsyncSession,
+    resource_type: str,
+    params: Mapping[str, str],
+    patients: Collection[str] | None = None,
 ) -> Select:
     if resource_type not in REGISTRY_TYPES:
         raise InvalidMessage(
             [Issue("error", "not-supported", "not a registry resource type", "resourceType")], 404
         )
-    query = select(RegistryResource).where(RegistryResource.resource_type == resource_type)
+    query = select(RegistryResource).where(
+        RegistryResource.resource_type == resource_type, RegistryResource.forgotten_at.is_(None)
+    )
     if patients is not None:
         query = query.where(_about_patients(resource_type, patients))
     reference_params = _REFERENCE_PARAMS[resource_type]
@@ -637,7 +771,8 @@ def _search_query(
         if name == "_id":
             query = query.where(RegistryResource.id == value)
         elif name == "identifier":
-            query = query.where(RegistryResource.id.in_(_identifier_ids(resource_type, value)))
+            ids = await _identifier_ids(session, resource_type, value)
+            query = query.where(RegistryResource.id.in_(ids))
         else:
             index_name, types = reference_params[name]
             targets = _reference_targets(value, types)
@@ -656,15 +791,32 @@ def _about_patients(resource_type: str, patients: Collection[str]):
     return RegistryResource.id.in_(_referencing_ids(resource_type, name, *targets))
 
 
-def _identifier_ids(resource_type: str, token: str) -> Select:
-    """Token search: "system|value", "value" (any system), "|value" (no system), "system|"."""
+async def _identifier_ids(session: AsyncSession, resource_type: str, token: str) -> Select:
+    """Token search: "system|value", "value" (any system), "|value" (no system), "system|".
+
+    For patient data the stored value is the blind index of (system, value): "value" alone is
+    looked up under each system the type's index holds (a handful: one per sender).
+    """
     query = select(RegistryIdentifier.resource_id).where(
         RegistryIdentifier.resource_type == resource_type
     )
+    blinded = resource_type in PATIENT_DATA
     if "|" not in token:
-        return query.where(RegistryIdentifier.value == token)
+        if not blinded:
+            return query.where(RegistryIdentifier.value == token)
+        systems = await session.scalars(
+            select(RegistryIdentifier.system)
+            .where(RegistryIdentifier.resource_type == resource_type)
+            .distinct()
+        )
+        keyring = keyring_of(session)
+        return query.where(
+            RegistryIdentifier.value.in_([keyring.blind(s, token) for s in systems.all()])
+        )
     system, _, value = token.partition("|")
     query = query.where(RegistryIdentifier.system == system)
+    if value and blinded:
+        value = keyring_of(session).blind(system, value)
     return query.where(RegistryIdentifier.value == value) if value else query
 
 
@@ -692,12 +844,14 @@ async def _bodies_referencing(
     session: AsyncSession, resource_type: str, name: str, target: str
 ) -> list[dict]:
     query = (
-        select(RegistryResource.body)
+        select(RegistryResource)
         .where(RegistryResource.resource_type == resource_type)
+        .where(RegistryResource.forgotten_at.is_(None))
         .where(RegistryResource.id.in_(_referencing_ids(resource_type, name, target)))
         .order_by(RegistryResource.id)
     )
-    return list((await session.scalars(query)).all())
+    opened = [await _opened(session, row) for row in (await session.scalars(query)).all()]
+    return [resource.body for resource in opened if resource.body is not None]
 
 
 # --------------------------------------------------------------------------------------------
@@ -706,6 +860,13 @@ async def _bodies_referencing(
 
 def _invalid(code: str, diagnostics: str, expression: str) -> InvalidMessage:
     return InvalidMessage([Issue("error", code, diagnostics, expression)])
+
+
+def _gone(resource_type: str) -> InvalidMessage:
+    return InvalidMessage(
+        [Issue("error", "deleted", "this patient's data was erased (forgotten)", resource_type)],
+        410,
+    )
 
 
 def _conflict(resource_type: str, diagnostics: str) -> InvalidMessage:

@@ -25,7 +25,8 @@ from services.auth.service import Principal
 from services.dependencies import get_hub, get_session
 from services.errors import FHIR_JSON, FhirError
 from services.registry import service
-from services.registry.models import REGISTRY_TYPES, RegistryResource
+from services.registry.models import REGISTRY_TYPES
+from services.registry.service import StoredResource
 
 router = APIRouter(prefix="/fhir")
 
@@ -62,6 +63,11 @@ def _read_handler(resource_type: str) -> Callable[..., Awaitable[JSONResponse]]:
         if row is None or not visible:
             # Not visible and not there answer alike: a 403 would confirm the person exists.
             raise FhirError(404, "not-found", f"{resource_type} not found", f"{resource_type}.id")
+        if row.forgotten:
+            # Crypto-shredded (renkei patient forget): it existed, and is gone for good.
+            raise FhirError(
+                410, "deleted", f"{resource_type} was erased (forgotten)", f"{resource_type}.id"
+            )
         return _resource_response(row, 200, location=False)
 
     return read
@@ -193,7 +199,7 @@ def _paging_int(value: str | None, name: str, default: int) -> int:
 # Responses
 
 
-def _resource_response(row: RegistryResource, status: int, *, location: bool) -> JSONResponse:
+def _resource_response(row: StoredResource, status: int, *, location: bool) -> JSONResponse:
     headers = {
         "ETag": f'W/"{row.version_id}"',
         "Last-Modified": format_datetime(row.last_updated, usegmt=True),
@@ -207,7 +213,7 @@ def _searchset(
     request: Request,
     resource_type: str,
     params: dict[str, str],
-    rows: list[RegistryResource],
+    rows: list[StoredResource],
     total: int,
     count: int,
     offset: int,

@@ -25,6 +25,7 @@ from services.auth.policy import caller
 from services.auth.service import Principal
 from services.dependencies import get_session
 from services.errors import FHIR_JSON, FhirError
+from services.intake.service import event_bundle
 from services.review import service
 from services.review.service import BreakGlassEntry
 
@@ -56,7 +57,10 @@ async def list_break_glass(
     bundle = {
         "resourceType": "Bundle",
         "type": "searchset",
-        "entry": [{"resource": as_audit_event(e), "search": {"mode": "match"}} for e in entries],
+        "entry": [
+            {"resource": as_audit_event(e, await _reason(session, e)), "search": {"mode": "match"}}
+            for e in entries
+        ],
     }
     return JSONResponse(bundle, media_type=FHIR_JSON)
 
@@ -68,10 +72,18 @@ async def review(
     session: AsyncSession = Depends(get_session),
 ) -> JSONResponse:
     entry = await service.mark_reviewed(session, office, event_id)
-    return JSONResponse(as_audit_event(entry), media_type=FHIR_JSON)
+    return JSONResponse(
+        as_audit_event(entry, await _reason(session, entry)), media_type=FHIR_JSON
+    )
 
 
-def as_audit_event(entry: BreakGlassEntry) -> dict[str, Any]:
+async def _reason(session: AsyncSession, entry: BreakGlassEntry) -> str:
+    """The sender's stated emergency, from the message (sealed; empty once forgotten)."""
+    bundle = await event_bundle(session, entry.event)
+    return (break_glass_reason(bundle) if bundle is not None else None) or ""
+
+
+def as_audit_event(entry: BreakGlassEntry, reason: str) -> dict[str, Any]:
     """One break-glass use as an R4 AuditEvent: the disclosure (DICOM Export), purpose BTG."""
     event = entry.event
     recipients = [
@@ -99,7 +111,7 @@ def as_audit_event(entry: BreakGlassEntry) -> dict[str, Any]:
                     {"system": ACT_REASON_SYSTEM, "code": BREAK_THE_GLASS,
                      "display": "break the glass"}
                 ],
-                "text": break_glass_reason(event.bundle) or "",
+                "text": reason,
             }
         ],  # fmt: skip
         "agent": [
