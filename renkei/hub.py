@@ -16,7 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from renkei.broker import Broker
 from renkei.db import create_engine, migrate, session_factory
 from renkei.settings import Settings
-from services.auth.service import signing_key
+from services.auth.verifier import TokenVerifier
 
 log = logging.getLogger(__name__)
 
@@ -28,7 +28,8 @@ class Hub:
         self.settings = settings
         self.engine: AsyncEngine = create_engine(settings.resolved_database_url)
         self.sessions: async_sessionmaker[AsyncSession] = session_factory(self.engine)
-        self.token_public_key = signing_key(settings.keys_dir).public_key()
+        # Verifies every request's bearer token (key ring, registry, revocations; cached).
+        self.tokens = TokenVerifier(settings.keys_dir, self.sessions)
         self.broker: Broker | None = None
         self._embedded = None
         self._tasks: list[asyncio.Task[None]] = []

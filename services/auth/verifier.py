@@ -1,0 +1,133 @@
+"""Token verification with the database: the org must be registered, nothing revoked.
+
+Runs on every request, so it is cached, but never in a way that lets a revocation wait:
+- the key ring is reread from disk when a token names a kid the hub does not know (a rotation
+  by the CLI), at most once a second;
+- an Organization that exists is remembered for ORG_TTL seconds (an unknown one is asked every
+  time, so loading the registry takes effect at once);
+- the revoked token ids and revoked clients are one small set, reloaded at most every
+  REVOCATION_TTL seconds, and updated at once by revocations made in this process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from datetime import datetime, timedelta
+
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from renkei.db import insert_ignore, utcnow
+from services.auth.keys import KeyRing, load_ring
+from services.auth.models import RevokedToken
+from services.auth.service import (
+    CLOCK_SKEW_SECONDS,
+    MAX_LIFETIME_SECONDS,
+    InvalidToken,
+    Principal,
+    kid_of_token,
+    verify_token,
+)
+from services.clients.models import Client
+from services.registry.models import RegistryResource
+
+ORG_TTL = 5.0
+REVOCATION_TTL = 1.0
+RING_RELOAD_EVERY = 1.0
+
+
+class TokenVerifier:
+    def __init__(self, keys_dir, sessions: async_sessionmaker[AsyncSession]) -> None:  # noqa: ANN001
+        self.keys_dir = keys_dir
+        self.sessions = sessions
+        self.ring: KeyRing = load_ring(keys_dir)
+        self._ring_loaded = time.monotonic()
+        self._orgs: dict[str, float] = {}
+        self.revoked_jtis: set[str] = set()
+        self.revoked_clients: set[str] = set()
+        self._revocations_loaded = float("-inf")
+        self._refresh: asyncio.Lock | None = None
+
+    # -- the key ring ---------------------------------------------------------------------
+    def current_ring(self) -> KeyRing:
+        """The ring to sign with: reread when another process may have rotated it."""
+        if time.monotonic() - self._ring_loaded > RING_RELOAD_EVERY:
+            self._reload_ring()
+        return self.ring
+
+    def _reload_ring(self) -> None:
+        self.ring = load_ring(self.keys_dir)
+        self._ring_loaded = time.monotonic()
+
+    # -- the check ------------------------------------------------------------------------
+    async def verify(self, token: str) -> Principal:
+        if kid_of_token(token) not in self.ring.public_keys:
+            if time.monotonic() - self._ring_loaded > RING_RELOAD_EVERY:
+                await asyncio.to_thread(self._reload_ring)
+        principal, _expires = verify_token(self.ring, token)
+        await self._fresh_revocations()
+        if principal.token_id in self.revoked_jtis:
+            raise InvalidToken("revoked")
+        if principal.client_id is not None and principal.client_id in self.revoked_clients:
+            raise InvalidToken("client revoked")
+        if not await self.org_exists(principal.org_id):
+            raise InvalidToken("unknown org")
+        return principal
+
+    async def org_exists(self, org_id: str) -> bool:
+        now = time.monotonic()
+        if self._orgs.get(org_id, 0.0) > now:
+            return True
+        async with self.sessions() as session:
+            found = await session.scalar(
+                select(RegistryResource.id).where(
+                    RegistryResource.resource_type == "Organization", RegistryResource.id == org_id
+                )
+            )
+        if found is None:
+            self._orgs.pop(org_id, None)
+            return False
+        if len(self._orgs) > 10_000:  # bounded: a region has hundreds of organizations
+            self._orgs.clear()
+        self._orgs[org_id] = now + ORG_TTL
+        return True
+
+    async def _fresh_revocations(self) -> None:
+        if time.monotonic() - self._revocations_loaded <= REVOCATION_TTL:
+            return
+        if self._refresh is None:
+            self._refresh = asyncio.Lock()
+        async with self._refresh:
+            if time.monotonic() - self._revocations_loaded <= REVOCATION_TTL:
+                return  # another request reloaded them while this one waited
+            started = time.monotonic()
+            async with self.sessions() as session:
+                jtis = await session.scalars(
+                    select(RevokedToken.jti).where(RevokedToken.expires_at > utcnow())
+                )
+                clients = await session.scalars(
+                    select(Client.id).where(Client.revoked_at.is_not(None))
+                )
+                self.revoked_jtis = set(jtis)
+                self.revoked_clients = set(clients)
+            self._revocations_loaded = started
+
+    # -- revocations made in this process take effect at once --------------------------
+    def revoked_token(self, jti: str) -> None:
+        self.revoked_jtis.add(jti)
+
+    def revoked_client(self, client_id: str) -> None:
+        self.revoked_clients.add(client_id)
+
+
+async def revoke_token(session: AsyncSession, jti: str, expires_at: datetime | None = None) -> None:
+    """Refuse the token ``jti`` from now on (kept until it would have expired: by default as
+    long as any token can live)."""
+    if expires_at is None:
+        expires_at = utcnow() + timedelta(seconds=MAX_LIFETIME_SECONDS + CLOCK_SKEW_SECONDS)
+    await session.execute(
+        insert_ignore(session, RevokedToken, [{"jti": jti, "expires_at": expires_at}], ["jti"])
+    )
+    # Old entries are useless once their token expired anyway.
+    await session.execute(RevokedToken.__table__.delete().where(RevokedToken.expires_at < utcnow()))
