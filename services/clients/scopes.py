@@ -16,7 +16,7 @@ V1 = {"read": "rs", "write": "cud", "*": "cruds"}
 # organization's notifications (Communication).
 SYSTEM_CEILING: dict[str, str] = {
     "Bundle": "c",
-    "Communication": "rsu",
+    "Communication": "rus",
     "Organization": "rs",
     "Practitioner": "rs",
     "PractitionerRole": "rs",
