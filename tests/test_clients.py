@@ -132,11 +132,14 @@ async def test_bad_assertions_are_refused_as_oauth_errors_without_echo(api) -> N
         "unregistered key": assertion(stranger, client_id, url, "k1"),
         "ES256 is not allowed": jwt.encode(
             {"iss": client_id, "sub": client_id, "aud": url, "exp": now + 60, "jti": "x"},
-            ec.generate_private_key(ec.SECP256R1()), algorithm="ES256", headers={"kid": "k1"},
+            ec.generate_private_key(ec.SECP256R1()),
+            algorithm="ES256",
+            headers={"kid": "k1"},
         ),  # fmt: skip
         "HS384 with the public key": jwt.encode(
             {"iss": client_id, "sub": client_id, "aud": url, "exp": now + 60, "jti": "y"},
-            b"k" * 48, algorithm="HS384",
+            b"k" * 48,
+            algorithm="HS384",
         ),  # fmt: skip
         "not a JWT": "garbage",
     }
@@ -158,9 +161,7 @@ async def test_malformed_token_requests_are_oauth_400s(api) -> None:
     assert wrong_grant.json()["error"] == "unsupported_grant_type"
     wrong_type = await ask(api, "x", client_assertion_type="urn:other")
     assert wrong_type.json()["error"] == "invalid_request"
-    twice = await api.client.post(
-        "/oauth/token", content="grant_type=a&grant_type=b", headers=FORM
-    )
+    twice = await api.client.post("/oauth/token", content="grant_type=a&grant_type=b", headers=FORM)
     assert twice.status_code == 400 and twice.json()["error"] == "invalid_request"
 
 

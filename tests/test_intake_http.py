@@ -17,8 +17,8 @@ from sqlalchemy import func, select
 from producers.models import OutboxRecord
 from schemas.events import EventType
 from services.intake.models import Event
-from services.registry import service as registry
 from services.notifications.models import Notification
+from services.registry import service as registry
 from tests.hubtools import (
     HOSPITAL,
     event_id_of,

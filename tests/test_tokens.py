@@ -62,7 +62,9 @@ async def test_rotation_signs_with_a_new_key_and_old_tokens_still_verify(api) ->
     await asyncio.sleep(1.1)  # the hub rereads the ring at most once a second
     assert await status(api, new_token) == 200
     assert await status(api, old_token) == 200
-    published = {key["kid"] for key in (await api.client.get("/.well-known/jwks.json")).json()["keys"]}
+    published = {
+        key["kid"] for key in (await api.client.get("/.well-known/jwks.json")).json()["keys"]
+    }
     assert {old_kid, new_kid} <= published
 
 
