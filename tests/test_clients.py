@@ -128,6 +128,8 @@ async def test_bad_assertions_are_refused_as_oauth_errors_without_echo(api) -> N
         "expired": assertion(private, client_id, url, "k1", exp=now - 60),
         "no jti": assertion(private, client_id, url, "k1", jti=None),
         "iss is not sub": assertion(private, client_id, url, "k1", sub="someone"),
+        "NUL in the jti": assertion(private, client_id, url, "k1", jti="a\x00b"),
+        "NUL in iss and sub": assertion(private, "a\x00b", url, "k1", sub="a\x00b"),
         "unknown client": assertion(private, "no-such-client", url, "k1"),
         "unregistered key": assertion(stranger, client_id, url, "k1"),
         "ES256 is not allowed": jwt.encode(

@@ -61,6 +61,10 @@ class InvalidToken(Exception):
     pass
 
 
+class UnknownKid(InvalidToken):
+    """Signed by a key this process has not loaded (yet: another process may have rotated)."""
+
+
 def signing_key(keys_dir: Path) -> Ed25519PrivateKey:
     """The key that signs new tokens (the ring's current key)."""
     return load_ring(keys_dir).private_key
@@ -125,7 +129,7 @@ def verify_token(ring: KeyRing, token: str) -> tuple[Principal, datetime]:
     """
     key = ring.public_keys.get(kid_of_token(token))
     if key is None:
-        raise InvalidToken("unknown kid")
+        raise UnknownKid("unknown kid")
     try:
         claims = jwt.decode(
             token,

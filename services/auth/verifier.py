@@ -26,7 +26,7 @@ from services.auth.service import (
     MAX_LIFETIME_SECONDS,
     InvalidToken,
     Principal,
-    kid_of_token,
+    UnknownKid,
     verify_token,
 )
 from services.clients.models import Client
@@ -62,10 +62,13 @@ class TokenVerifier:
 
     # -- the check ------------------------------------------------------------------------
     async def verify(self, token: str) -> Principal:
-        if kid_of_token(token) not in self.ring.public_keys:
-            if time.monotonic() - self._ring_loaded > RING_RELOAD_EVERY:
-                await asyncio.to_thread(self._reload_ring)
-        principal, _expires = verify_token(self.ring, token)
+        try:
+            principal, _expires = verify_token(self.ring, token)
+        except UnknownKid:
+            if time.monotonic() - self._ring_loaded <= RING_RELOAD_EVERY:
+                raise
+            await asyncio.to_thread(self._reload_ring)
+            principal, _expires = verify_token(self.ring, token)
         await self._fresh_revocations()
         if principal.token_id in self.revoked_jtis:
             raise InvalidToken("revoked")

@@ -8,6 +8,7 @@ signed by one of those keys. Nothing here ever puts the assertion into an error.
 
 from __future__ import annotations
 
+import re
 import time
 import uuid
 from dataclasses import dataclass
@@ -28,6 +29,8 @@ ALGORITHMS = {"ES384": "EC", "RS384": "RSA"}
 # SMART Backend Services: an assertion expires no more than five minutes after it is made.
 ASSERTION_MAX_AHEAD_SECONDS = 300
 ACCESS_TOKEN_MAX_SECONDS = 3600
+# Printable ASCII only: it is stored (a NUL would be refused by PostgreSQL, not by us).
+JTI = re.compile(r"[\x21-\x7e]{1,255}")
 PRIVATE_MEMBERS = {"d", "p", "q", "dp", "dq", "qi", "oth", "k"}
 
 
@@ -118,7 +121,7 @@ def _client_id_of(assertion: str) -> str:
             "invalid_client", "the client assertion must be signed ES384 or RS384", 401
         )
     iss, sub = claims.get("iss"), claims.get("sub")
-    if not isinstance(iss, str) or iss != sub or not 0 < len(iss) <= 64:
+    if not isinstance(iss, str) or iss != sub or not FHIR_ID.fullmatch(iss):
         raise OAuthError(
             "invalid_client", "iss and sub of the assertion must be the client id", 401
         )
@@ -174,7 +177,7 @@ async def verify_assertion(session: AsyncSession, assertion: str, token_url: str
         or exp - time.time() > ASSERTION_MAX_AHEAD_SECONDS + CLOCK_SKEW_SECONDS
     ):
         raise OAuthError("invalid_client", "the assertion must expire within five minutes", 401)
-    if not isinstance(jti, str) or not 0 < len(jti) <= 255:
+    if not isinstance(jti, str) or not JTI.fullmatch(jti):
         raise OAuthError("invalid_client", "the assertion needs a jti of 1 to 255 characters", 401)
     now = utcnow()
     await session.execute(delete(UsedAssertion).where(UsedAssertion.expires_at < now))

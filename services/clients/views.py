@@ -34,7 +34,6 @@ def token_endpoint(hub: Hub) -> str:
 async def smart_configuration(hub: Hub = Depends(get_hub)) -> JSONResponse:
     return JSONResponse(
         {
-            "issuer": hub.settings.resolved_public_base_url,
             "jwks_uri": hub.settings.resolved_public_base_url + "/.well-known/jwks.json",
             "token_endpoint": token_endpoint(hub),
             "token_endpoint_auth_methods_supported": ["private_key_jwt"],
