@@ -146,3 +146,14 @@ async def test_a_token_revoked_by_the_cli_is_refused_within_a_second(api) -> Non
     while await status(api, token) == 200:
         assert time.monotonic() - started < 2.5, "still accepted after 2.5 s"
         await asyncio.sleep(0.05)
+
+
+async def test_a_remembered_token_is_still_refused_once_it_expires(api) -> None:
+    token = issue_token(api.hub.settings.keys_dir, REGION, Role.REGION_ADMIN)
+    assert await status(api, token) == 200
+    assert await status(api, token) == 200  # the second time from the verified-token cache
+    principal, _expires = api.hub.tokens._signatures[token]
+    # As if its hour had passed (the clock cannot be waited for in a test).
+    api.hub.tokens._signatures[token] = (principal, time.time() - 3600)
+    assert await status(api, token) == 401
+    assert token not in api.hub.tokens._signatures

@@ -5,6 +5,8 @@ Runs on every request, so it is cached, but never in a way that lets a revocatio
   by the CLI), at most once a second;
 - an Organization that exists is remembered for ORG_TTL seconds (an unknown one is asked every
   time, so loading the registry takes effect at once);
+- a token whose signature was verified is remembered (bounded), so a client sending the same
+  token on every request costs a dictionary lookup and an expiry check, not an Ed25519 verify;
 - the revoked token ids and revoked clients are one small set, reloaded at most every
   REVOCATION_TTL seconds, and updated at once by revocations made in this process.
 """
@@ -35,6 +37,7 @@ from services.registry.models import RegistryResource
 ORG_TTL = 5.0
 REVOCATION_TTL = 1.0
 RING_RELOAD_EVERY = 1.0
+SIGNATURE_CACHE_SIZE = 4096
 
 
 class TokenVerifier:
@@ -44,6 +47,7 @@ class TokenVerifier:
         self.ring: KeyRing = load_ring(keys_dir)
         self._ring_loaded = time.monotonic()
         self._orgs: dict[str, float] = {}
+        self._signatures: dict[str, tuple[Principal, float]] = {}
         self.revoked_jtis: set[str] = set()
         self.revoked_clients: set[str] = set()
         self._revocations_loaded = float("-inf")
@@ -62,13 +66,16 @@ class TokenVerifier:
 
     # -- the check ------------------------------------------------------------------------
     async def verify(self, token: str) -> Principal:
-        try:
-            principal, _expires = verify_token(self.ring, token)
-        except UnknownKid:
-            if time.monotonic() - self._ring_loaded <= RING_RELOAD_EVERY:
-                raise
-            await asyncio.to_thread(self._reload_ring)
-            principal, _expires = verify_token(self.ring, token)
+        principal = self._verified_signature(token)
+        if principal is None:
+            try:
+                principal, expires = verify_token(self.ring, token)
+            except UnknownKid:
+                if time.monotonic() - self._ring_loaded <= RING_RELOAD_EVERY:
+                    raise
+                await asyncio.to_thread(self._reload_ring)
+                principal, expires = verify_token(self.ring, token)
+            self._remember_signature(token, principal, expires.timestamp())
         await self._fresh_revocations()
         if principal.token_id in self.revoked_jtis:
             raise InvalidToken("revoked")
@@ -77,6 +84,23 @@ class TokenVerifier:
         if not await self.org_exists(principal.org_id):
             raise InvalidToken("unknown org")
         return principal
+
+    def _verified_signature(self, token: str) -> Principal | None:
+        """A token whose signature and claims were checked before (clients send the same
+        token on every request): only its expiry needs checking again."""
+        known = self._signatures.get(token)
+        if known is None:
+            return None
+        principal, expires = known
+        if time.time() >= expires + CLOCK_SKEW_SECONDS:
+            del self._signatures[token]
+            raise InvalidToken("expired")
+        return principal
+
+    def _remember_signature(self, token: str, principal: Principal, expires: float) -> None:
+        if len(self._signatures) >= SIGNATURE_CACHE_SIZE:
+            self._signatures.clear()  # bounded; refilled by the tokens in use
+        self._signatures[token] = (principal, expires)
 
     async def org_exists(self, org_id: str) -> bool:
         now = time.monotonic()
