@@ -22,6 +22,9 @@ def cmd_up(_args: argparse.Namespace) -> int:
     from services.app import create_app
 
     settings = get_settings()
+    if (settings.tls_cert is None) != (settings.tls_key is None):
+        # Half a TLS configuration must not quietly serve plain HTTP.
+        return _refuse("HTTPS needs both RENKEI_TLS_CERT and RENKEI_TLS_KEY")
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )

@@ -95,3 +95,16 @@ def test_worker_needs_the_cluster_named(tmp_path) -> None:
     result = run_cli(tmp_path, "worker", "router")
     assert result.returncode == 2
     assert "RENKEI_KAFKA_BOOTSTRAP" in result.stderr
+
+
+def test_up_refuses_half_a_tls_configuration(tmp_path) -> None:
+    result = run_cli(tmp_path, "up", env={"RENKEI_TLS_CERT": str(tmp_path / "server.pem")})
+    assert result.returncode == 2
+    assert "RENKEI_TLS_KEY" in result.stderr
+
+
+def test_dev_ca_command_writes_the_files_it_names(tmp_path) -> None:
+    result = run_cli(tmp_path, "dev-ca", "--dir", str(tmp_path / "ca"), "--hosts", "hub.local")
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "ca" / "server.pem").stat().st_mode & 0o777 == 0o600
+    assert f"RENKEI_TLS_CERT={tmp_path / 'ca' / 'server.pem'}" in result.stdout
