@@ -20,6 +20,7 @@ from aiokafka.errors import TopicAlreadyExistsError
 
 from renkei.kafka_probe import api_versions, init_producer_id_error, parse_bootstrap
 from renkei.settings import Settings
+from renkei.tls import kafka_context
 from schemas.topics import ALL_TOPICS
 
 log = logging.getLogger(__name__)
@@ -51,6 +52,10 @@ class Broker:
         self.bootstrap = bootstrap
         self.info = BrokerInfo()
         self.topic_problems: list[str] = []
+        # One TLS context (renkei.tls) for every client of this broker and for the raw probes.
+        self.ssl_context = kafka_context(settings)
+        # The raw probes speak TLS but not SASL: with SASL they are replaced by real clients.
+        self._probe_ok = settings.kafka_security_protocol in ("PLAINTEXT", "SSL")
 
     # -- connection options -------------------------------------------------------------
     def client_options(self) -> dict[str, Any]:
@@ -67,12 +72,8 @@ class Broker:
                     s.kafka_sasl_password.get_secret_value() if s.kafka_sasl_password else None
                 ),
             )
-        if s.kafka_security_protocol in ("SSL", "SASL_SSL"):
-            from aiokafka.helpers import create_ssl_context
-
-            options["ssl_context"] = create_ssl_context(
-                cafile=str(s.kafka_ssl_cafile) if s.kafka_ssl_cafile else None
-            )
+        if self.ssl_context is not None:
+            options["ssl_context"] = self.ssl_context
         return options
 
     # -- start: detect what the engine offers, make the topics ---------------------------
@@ -83,8 +84,8 @@ class Broker:
             log.warning("topic settings differ from the cluster: %s", problem)
 
     async def detect(self) -> BrokerInfo:
-        # Plain-text probe only; with TLS/SASL we trust the cluster to be Apache Kafka.
-        if self.settings.kafka_security_protocol == "PLAINTEXT":
+        # Raw probe (plain text or TLS); with SASL we trust the cluster to be Apache Kafka.
+        if self._probe_ok:
             idempotent = await self._serves_producer_ids()
         else:
             idempotent = True
@@ -114,7 +115,9 @@ class Broker:
             host, port = hosts[attempt % len(hosts)]
             attempt += 1
             try:
-                error = await asyncio.to_thread(init_producer_id_error, host, port)
+                error = await asyncio.to_thread(
+                    init_producer_id_error, host, port, 5.0, self.ssl_context
+                )
             except OSError:
                 error = 7  # that broker is down: try the next
             if error not in RETRIABLE_ERRORS or loop.time() > deadline:
@@ -282,8 +285,8 @@ class Broker:
 
     async def reachable(self) -> bool:
         """Does any bootstrap broker answer? (One broker down is not a hub that is down.)"""
-        if self.settings.kafka_security_protocol != "PLAINTEXT":
-            # The raw probe speaks plain text only; through TLS/SASL ask with the real client.
+        if not self._probe_ok:
+            # The raw probe does not speak SASL: ask with the real client.
             try:
                 admin = await self._admin()
             except Exception:  # noqa: BLE001 - unreachable is the answer, not an error
@@ -292,7 +295,7 @@ class Broker:
             return True
         for host, port in parse_bootstrap(self.bootstrap):
             try:
-                await asyncio.to_thread(api_versions, host, port, 2.0)
+                await asyncio.to_thread(api_versions, host, port, 2.0, self.ssl_context)
                 return True
             except OSError:
                 continue

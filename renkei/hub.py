@@ -19,7 +19,7 @@ from renkei.crypto import Keyring
 from renkei.db import create_engine, migrate, session_factory
 from renkei.keys import secure_dir, secure_tree
 from renkei.settings import Settings
-from services.auth.service import signing_key
+from services.auth.verifier import TokenVerifier
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +36,8 @@ class Hub:
         self.keyring = Keyring.local(settings.keys_dir, settings.dek_cache_seconds)
         self.engine: AsyncEngine = create_engine(settings.resolved_database_url)
         self.sessions: async_sessionmaker[AsyncSession] = session_factory(self.engine, self.keyring)
-        self.token_public_key = signing_key(settings.keys_dir).public_key()
+        # Verifies every request's bearer token (key ring, registry, revocations; cached).
+        self.tokens = TokenVerifier(settings.keys_dir, self.sessions)
         self.broker: Broker | None = None
         self._embedded = None
         self._tasks: list[asyncio.Task[None]] = []

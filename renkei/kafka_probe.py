@@ -8,6 +8,7 @@ topics).
 from __future__ import annotations
 
 import socket
+import ssl
 import struct
 
 API_VERSIONS = 18
@@ -30,11 +31,13 @@ def _read_exact(sock: socket.socket, size: int) -> bytes:
     return data
 
 
-def api_versions(host: str, port: int, timeout: float = 2.0) -> dict[int, tuple[int, int]]:
+def api_versions(
+    host: str, port: int, timeout: float = 2.0, tls: ssl.SSLContext | None = None
+) -> dict[int, tuple[int, int]]:
     """Ask a broker for its supported API key -> (min, max) versions (ApiVersions v0)."""
     client_id = b"renkei-probe"
     body = struct.pack(">hhih", API_VERSIONS, 0, 1, len(client_id)) + client_id
-    payload = _request(host, port, body, timeout)
+    payload = _request(host, port, body, timeout, tls)
     _correlation, error, count = struct.unpack(">ihi", payload[:10])
     if error:
         raise ConnectionError(f"ApiVersions error code {error}")
@@ -53,14 +56,26 @@ def parse_bootstrap(bootstrap: str) -> list[tuple[str, int]]:
     return hosts
 
 
-def _request(host: str, port: int, body: bytes, timeout: float) -> bytes:
-    with socket.create_connection((host, port), timeout=timeout) as sock:
+def _request(
+    host: str, port: int, body: bytes, timeout: float, tls: ssl.SSLContext | None = None
+) -> bytes:
+    """One request, one response; over TLS with ``tls`` (the broker's context, renkei.tls)."""
+    raw = socket.create_connection((host, port), timeout=timeout)
+    try:
+        # wrap_socket takes the descriptor over: from here on, closing ``sock`` closes it.
+        sock = tls.wrap_socket(raw, server_hostname=host) if tls is not None else raw
+    except BaseException:
+        raw.close()
+        raise
+    with sock:
         sock.sendall(struct.pack(">i", len(body)) + body)
         (size,) = struct.unpack(">i", _read_exact(sock, 4))
         return _read_exact(sock, size)
 
 
-def init_producer_id_error(host: str, port: int, timeout: float = 5.0) -> int:
+def init_producer_id_error(
+    host: str, port: int, timeout: float = 5.0, tls: ssl.SSLContext | None = None
+) -> int:
     """Error code of a non-transactional InitProducerId (v0); 0 means idempotence works.
 
     Tansu 0.6 advertises the API but answers every call with an error (-1), so advertising
@@ -69,6 +84,6 @@ def init_producer_id_error(host: str, port: int, timeout: float = 5.0) -> int:
     client_id = b"renkei-probe"
     body = struct.pack(">hhih", INIT_PRODUCER_ID, 0, 2, len(client_id)) + client_id
     body += struct.pack(">hi", -1, 60000)  # null transactional id, transaction timeout
-    payload = _request(host, port, body, timeout)
+    payload = _request(host, port, body, timeout, tls)
     _correlation, _throttle, error, producer_id = struct.unpack(">iihq", payload[:18])
     return error if error or producer_id >= 0 else -1

@@ -25,6 +25,22 @@ class Settings(BaseSettings):
     kafka_sasl_username: str | None = None
     kafka_sasl_password: SecretStr | None = None
     kafka_ssl_cafile: Path | None = None
+    # The hub's own certificate for brokers that ask for one (ssl.client.auth=required), PEM.
+    kafka_ssl_certfile: Path | None = None
+    kafka_ssl_keyfile: Path | None = None
+    kafka_ssl_key_password: SecretStr | None = None
+
+    # HTTPS: both set, `renkei up` serves TLS only (TLS 1.3 unless tls_min_version is "1.2").
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    tls_min_version: Literal["1.2", "1.3"] = "1.3"
+    # Client certificates (system clients, 安全管理ガイドライン 6.0): a CA bundle; "optional"
+    # checks a certificate when one is presented, "required" refuses connections without one.
+    tls_client_ca: Path | None = None
+    tls_client_cert: Literal["optional", "required"] = "optional"
+    # The URL partners reach the hub at (links, the token endpoint a client assertion's aud must
+    # name); never taken from the Host header. Unset: http(s)://{host}:{port}.
+    public_base_url: str | None = None
 
     # Prepended to every topic name: several hubs (regions, test runs) can share one cluster.
     topic_prefix: str = ""
@@ -47,7 +63,10 @@ class Settings(BaseSettings):
     dek_cache_seconds: float = 300.0
 
     max_message_bytes: int = Field(default=1024 * 1024, description="Largest accepted message")
-    token_ttl_seconds: int = 12 * 3600
+    # CLI-issued tokens: an hour unless --ttl says otherwise; never more than a day.
+    token_ttl_seconds: int = Field(default=3600, gt=0, le=24 * 3600)
+    # Access tokens of system clients (POST /oauth/token): at most an hour.
+    client_token_ttl_seconds: int = Field(default=3600, gt=0, le=3600)
 
     # Outbox relay: how often it polls, how long a claim lasts, and after how long an event that
     # was published but not yet routed is published again (the broker may have lost it).
@@ -79,6 +98,17 @@ class Settings(BaseSettings):
 
     def topic(self, name: str) -> str:
         return f"{self.topic_prefix}{name}"
+
+    @property
+    def resolved_public_base_url(self) -> str:
+        if self.public_base_url:
+            return self.public_base_url.rstrip("/")
+        scheme = "https" if self.tls_enabled else "http"
+        return f"{scheme}://{self.host}:{self.port}"
+
+    @property
+    def tls_enabled(self) -> bool:
+        return self.tls_cert is not None and self.tls_key is not None
 
     @property
     def keys_dir(self) -> Path:

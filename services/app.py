@@ -11,7 +11,10 @@ from fastapi.responses import JSONResponse
 from renkei.hub import Hub
 from services import health, logs
 from services.auth.policy import authorize
+from services.auth.views import router as auth_router
+from services.clients.views import router as clients_router
 from services.errors import install_error_handlers
+from services.hsts import install_hsts
 from services.intake.views import router as intake_router
 from services.notifications.views import router as notifications_router
 from services.registry.views import router as registry_router
@@ -42,7 +45,10 @@ def create_app(hub: Hub, *, manage_hub: bool = False) -> FastAPI:
     app.state.hub = hub
     logs.install()  # the access log never prints query strings (search values)
     install_error_handlers(app)
+    install_hsts(app, hub.settings)
     app.include_router(health.router)
+    app.include_router(auth_router)
+    app.include_router(clients_router)
     app.include_router(intake_router)
     app.include_router(notifications_router)
     app.include_router(registry_router)

@@ -1,16 +1,20 @@
-"""The ``renkei`` command line: ``up``, ``token issue``, ``worker``, ``demo``, ``patient forget``,
-``keys rotate``."""
+"""The ``renkei`` command line: ``up``, ``token``, ``keys``, ``client``, ``dev-ca``, ``worker``,
+``demo``, ``patient forget``."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import logging
 import os
 import sys
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
 
-from renkei.settings import get_settings
-from services.auth.service import Role, issue_token
+from renkei.settings import Settings, get_settings
+from services.auth.service import MAX_LIFETIME_SECONDS, Role, issue_token
 
 
 def cmd_up(_args: argparse.Namespace) -> int:
@@ -21,27 +25,180 @@ def cmd_up(_args: argparse.Namespace) -> int:
     from services.app import create_app
 
     settings = get_settings()
+    if (settings.tls_cert is None) != (settings.tls_key is None):
+        # Half a TLS configuration must not quietly serve plain HTTP.
+        return _refuse("HTTPS needs both RENKEI_TLS_CERT and RENKEI_TLS_KEY")
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     app = create_app(Hub(settings), manage_hub=True)
-    print(f"Renkei Hub 連携ハブ: http://{settings.host}:{settings.port} (Ctrl-C で停止 / to stop)")
-    logs.install()
-    uvicorn.run(app, host=settings.host, port=settings.port, log_level="info")
+    scheme = "https" if settings.tls_enabled else "http"
+    print(
+        f"Renkei Hub 連携ハブ: {scheme}://{settings.host}:{settings.port} (Ctrl-C で停止 / to stop)"
+    )
+    tls: dict[str, Any] = {}
+    if settings.tls_enabled:
+        tls = {"ssl_certfile": str(settings.tls_cert), "ssl_keyfile": str(settings.tls_key)}
+    config = uvicorn.Config(app, host=settings.host, port=settings.port, log_level="info", **tls)
+    if settings.tls_enabled:
+        from renkei.tls import server_context
+
+        # uvicorn has no option for the minimum version or optional client certificates:
+        # load its config, then hand it the hub's own context (renkei.tls).
+        config.load()
+        config.ssl = server_context(settings)
+    logs.install()  # after uvicorn configured its loggers: no query strings in the access log
+    uvicorn.Server(config).run()
     return 0
+
+
+def _with_database(work: Callable[[Any], Awaitable[Any]]) -> Any:
+    """Run ``work(session)`` against the hub's database (migrated first), committing after."""
+    from renkei.db import create_engine, migrate, session_factory
+
+    async def run() -> Any:
+        engine = create_engine(get_settings().resolved_database_url)
+        try:
+            await migrate(engine)
+            async with session_factory(engine)() as session:
+                result = await work(session)
+                await session.commit()
+                return result
+        finally:
+            await engine.dispose()
+
+    get_settings().data_dir.mkdir(parents=True, exist_ok=True)
+    return asyncio.run(run())
+
+
+def _organization_registered(settings: Settings, org_id: str) -> bool:
+    from sqlalchemy import select
+
+    from services.registry.models import RegistryResource
+
+    async def find(session: Any) -> bool:
+        found = await session.scalar(
+            select(RegistryResource.id).where(
+                RegistryResource.resource_type == "Organization", RegistryResource.id == org_id
+            )
+        )
+        return found is not None
+
+    return _with_database(find)
+
+
+def _refuse(message: str) -> int:
+    print(message, file=sys.stderr)
+    return 2
 
 
 def cmd_token_issue(args: argparse.Namespace) -> int:
     settings = get_settings()
+    ttl = args.ttl or settings.token_ttl_seconds
+    if not 0 < ttl <= MAX_LIFETIME_SECONDS:
+        return _refuse(f"--ttl must be between 1 and {MAX_LIFETIME_SECONDS} seconds (24 hours)")
+    role = Role(args.role)
+    if role is Role.REGION_ADMIN and args.org != settings.region_org:
+        return _refuse(
+            f"region-admin is only for the region office ({settings.region_org}); "
+            "地域管理者ロールは地域連携相談窓口だけに発行できます"
+        )
+    if args.org != settings.region_org and not _organization_registered(settings, args.org):
+        return _refuse(
+            "that organization is not in the registry (register it first); "
+            "登録簿にない組織にはトークンを発行できません"
+        )
     print(
         issue_token(
             settings.keys_dir,
             args.org,
-            Role(args.role),
+            role,
             args.practitioner,
-            ttl_seconds=args.ttl or settings.token_ttl_seconds,
+            ttl_seconds=ttl,
         )
     )
+    return 0
+
+
+def cmd_token_revoke(args: argparse.Namespace) -> int:
+    """Revoke by jti, or by the token itself (its jti and expiry are read from it)."""
+    import jwt
+
+    from services.auth.verifier import revoke_token
+
+    jti, expires = args.token, None
+    if args.token.count(".") == 2:
+        try:
+            claims = jwt.decode(args.token, options={"verify_signature": False})
+        except jwt.PyJWTError:
+            return _refuse("that is not a token the hub issued")
+        jti = claims.get("jti")
+        if not isinstance(jti, str) or not jti:
+            return _refuse("that token has no jti")
+    if not 0 < len(jti) <= 64:
+        return _refuse("a jti has 1 to 64 characters")
+    _with_database(lambda session: revoke_token(session, jti, expires))
+    print(f"revoked {jti} (the hub refuses it within a second)")
+    return 0
+
+
+def cmd_keys_rotate_signing(_args: argparse.Namespace) -> int:
+    from services.auth.keys import rotate
+
+    kid, deleted = rotate(get_settings().keys_dir, keep_seconds=MAX_LIFETIME_SECONDS + 60)
+    for old in deleted:
+        print(f"deleted signing key {old} (retired more than a day ago)")
+    print(f"new tokens are signed with {kid}; earlier keys verify until their tokens expire")
+    return 0
+
+
+def cmd_client_add(args: argparse.Namespace) -> int:
+    from services.clients.service import InvalidJwks, add_client
+
+    settings = get_settings()
+    try:
+        jwks = json.loads(Path(args.jwks).read_text())
+    except (OSError, ValueError) as error:
+        return _refuse(f"cannot read the JWKS file ({type(error).__name__})")
+    if args.org != settings.region_org and not _organization_registered(settings, args.org):
+        return _refuse("that organization is not in the registry; 登録簿にない組織です")
+    try:
+        client = _with_database(lambda session: add_client(session, args.org, args.name, jwks))
+    except (InvalidJwks, ValueError) as error:
+        return _refuse(str(error))
+    print(f"client {args.name} of {args.org}; its id (iss and sub of its assertions):")
+    print(client.id)
+    return 0
+
+
+def cmd_client_list(_args: argparse.Namespace) -> int:
+    from services.clients.service import list_clients
+
+    for client in _with_database(list_clients):
+        state = f"revoked {client.revoked_at.isoformat()}" if client.revoked_at else "active"
+        keys = len(client.jwks.get("keys", []))
+        print(f"{client.id}\t{client.org_id}\t{client.name}\t{keys} key(s)\t{state}")
+    return 0
+
+
+def cmd_client_revoke(args: argparse.Namespace) -> int:
+    from services.clients.service import revoke_client
+
+    if not _with_database(lambda session: revoke_client(session, args.client_id)):
+        return _refuse("no such client")
+    print(f"revoked client {args.client_id}: no new tokens; its tokens stop within a second")
+    return 0
+
+
+def cmd_dev_ca(args: argparse.Namespace) -> int:
+    from renkei.dev_ca import make_dev_ca
+
+    folder = Path(args.dir) if args.dir else get_settings().data_dir / "dev-ca"
+    files = make_dev_ca(folder, args.hosts)
+    print("開発用の認証局と証明書 / development CA and certificates (not for production):")
+    for name, path in files.items():
+        print(f"  {name:10} {path}")
+    print(f"RENKEI_TLS_CERT={files['server']} RENKEI_TLS_KEY={files['server_key']}")
     return 0
 
 
@@ -134,7 +291,7 @@ def cmd_keys_rotate(_args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from services.demo import run_demo
 
-    return run_demo(args.url or f"http://{get_settings().host}:{get_settings().port}", args.timeout)
+    return run_demo(args.url or get_settings().resolved_public_base_url, args.timeout)
 
 
 def parser() -> argparse.ArgumentParser:
@@ -150,8 +307,41 @@ def parser() -> argparse.ArgumentParser:
     issue.add_argument("--org", required=True, help="Organization id")
     issue.add_argument("--role", required=True, choices=[r.value for r in Role])
     issue.add_argument("--practitioner", help="Practitioner or PractitionerRole id")
-    issue.add_argument("--ttl", type=int, help="lifetime in seconds")
+    issue.add_argument("--ttl", type=int, help="lifetime in seconds (default 3600, at most 86400)")
     issue.set_defaults(func=cmd_token_issue)
+
+    revoke = token_commands.add_parser("revoke", help="refuse a token from now on")
+    revoke.add_argument("token", help="the token's jti, or the token itself")
+    revoke.set_defaults(func=cmd_token_revoke)
+
+    keys = commands.add_parser("keys", help="the hub's keys")
+    key_commands = keys.add_subparsers(dest="keys_command", required=True)
+    rotate = key_commands.add_parser(
+        "rotate", help="new key-encryption key; re-wrap every data key under it"
+    )
+    rotate.set_defaults(func=cmd_keys_rotate)
+    rotate_signing = key_commands.add_parser(
+        "rotate-signing", help="sign new tokens with a new key (old keys still verify)"
+    )
+    rotate_signing.set_defaults(func=cmd_keys_rotate_signing)
+
+    client = commands.add_parser("client", help="system clients (SMART Backend Services)")
+    client_commands = client.add_subparsers(dest="client_command", required=True)
+    add = client_commands.add_parser("add", help="register a client and its public keys")
+    add.add_argument("--org", required=True, help="the client's Organization id")
+    add.add_argument("--name", required=True, help="what the client is (e.g. its product)")
+    add.add_argument("--jwks", required=True, help="a JSON file with the client's public JWKS")
+    add.set_defaults(func=cmd_client_add)
+    listing = client_commands.add_parser("list", help="every client, active or revoked")
+    listing.set_defaults(func=cmd_client_list)
+    client_revoke = client_commands.add_parser("revoke", help="revoke a client and its tokens")
+    client_revoke.add_argument("client_id")
+    client_revoke.set_defaults(func=cmd_client_revoke)
+
+    dev_ca = commands.add_parser("dev-ca", help="a development CA and TLS certificates")
+    dev_ca.add_argument("--dir", help="where to write them (default: DATA_DIR/dev-ca)")
+    dev_ca.add_argument("--hosts", nargs="+", help="server names (default: localhost 127.0.0.1)")
+    dev_ca.set_defaults(func=cmd_dev_ca)
 
     worker = commands.add_parser("worker", help="run one worker (relay or router) on its own")
     worker.add_argument("name", choices=["relay", "router"])
@@ -165,13 +355,6 @@ def parser() -> argparse.ArgumentParser:
     forget.add_argument("patient_id", help="the registry Patient id")
     forget.add_argument("--yes", action="store_true", help="do not ask for confirmation")
     forget.set_defaults(func=cmd_patient_forget)
-
-    keys = commands.add_parser("keys", help="encryption keys")
-    keys_commands = keys.add_subparsers(dest="keys_command", required=True)
-    rotate = keys_commands.add_parser(
-        "rotate", help="new key-encryption key; re-wrap every data key under it"
-    )
-    rotate.set_defaults(func=cmd_keys_rotate)
 
     demo = commands.add_parser("demo", help="load the demo region and post one event of each type")
     demo.add_argument("--url", help="the hub's base URL (default: from the settings)")

@@ -35,12 +35,22 @@ class TansuBroker:
 
 class ApacheKafkaBroker:
     def __init__(self, base_dir: Path, nodes: int = 1) -> None:
-        from deploy.kafka.cluster import KafkaCluster, ensure_jars
+        from deploy.kafka.cluster import KafkaCluster, KafkaTls, ensure_jars
+        from renkei.dev_ca import make_dev_ca
 
         ensure_jars()
         self.engine = "kafka"
-        self.cluster = KafkaCluster(base_dir / "kafka", nodes=nodes)
+        # An SSL listener too (client certificates required), for the TLS end-to-end test;
+        # everything else uses the plain-text one.
+        self.tls_files = make_dev_ca(base_dir / "kafka-tls")
+        keystore = base_dir / "kafka-tls" / "broker-keystore.pem"
+        keystore.write_bytes(
+            self.tls_files["server_key"].read_bytes() + self.tls_files["server"].read_bytes()
+        )
+        tls = KafkaTls(keystore=keystore, truststore=self.tls_files["ca"])
+        self.cluster = KafkaCluster(base_dir / "kafka", nodes=nodes, tls=tls)
         self.bootstrap = self.cluster.start()
+        self.ssl_bootstrap = self.cluster.ssl_bootstrap
 
     def restart(self) -> None:
         for node in self.cluster.node_ids:

@@ -319,6 +319,7 @@ async def test_break_glass_overrides_a_deny_for_emergency_roles_only(live_api) -
 
 async def test_break_glass_review_is_for_the_region_office_only(live_api) -> None:
     hub = live_api.hub
+    await load_region(hub)  # tokens name registered organizations only
     for org_id, role in (("misawa-general-hospital", "org-admin"), (OFFICE, "auditor"),
                          ("misawa-home-clinic", "member")):  # fmt: skip
         hdrs = headers(hub, org_id, role)

@@ -18,6 +18,7 @@ from producers.models import OutboxRecord
 from schemas.events import EventType
 from services.intake.models import Event
 from services.notifications.models import Notification
+from services.registry import service as registry
 from tests.hubtools import (
     HOSPITAL,
     event_id_of,
@@ -29,6 +30,18 @@ from tests.hubtools import (
 )
 
 PROCESS = "/fhir/$process-message"
+
+
+@pytest.fixture
+async def api(api):
+    """Tokens name registered organizations only (issue 12), so the hospital that posts the
+    refused messages below is in the registry even where the test loads nothing else."""
+    async with api.hub.sessions() as session:
+        body = {"resourceType": "Organization", "id": HOSPITAL, "name": "三沢総合病院"}
+        await registry.write(session, "Organization", body, HOSPITAL)
+        await session.commit()
+    return api
+
 # The sample patient (p01) as the contract's sample messages carry her.
 PERSONAL_DATA = ("三沢", "花子", "ミサワ", "1936-05-12", "00012345", "中央町")
 # Care team A's admission recipients (the hospital sends, so it is not among them).
@@ -192,12 +205,13 @@ async def test_sender_other_than_the_callers_organization_is_403(api) -> None:
     assert await _events(api) == 0
 
 
-async def test_sender_unknown_to_the_registry_is_422(api) -> None:
+async def test_sender_unknown_to_the_registry_is_refused(api) -> None:
+    # Its token is refused first (401): a token must name a registered organization.
     await load_region(api.hub)
     bundle = admission()
     bundle["entry"][0]["resource"]["sender"] = {"reference": "Organization/nowhere-hospital"}
     response = await post_raw(api, dumps(bundle), org="nowhere-hospital")
-    assert_outcome(response, 422, "not-found", "registry", "Bundle.entry[0].resource.sender")
+    assert_outcome(response, 401, "login", "token")
     assert await _events(api) == 0
 
 
@@ -483,6 +497,10 @@ async def test_rule_refusals_name_the_place_not_the_person(api, event: EventType
     header = bundle["entry"][0]["resource"]
     header["focus"] = [{"reference": "Patient/nobody"}]
     sender = header["sender"]["reference"].removeprefix("Organization/")
+    async with api.hub.sessions() as session:  # tokens name registered organizations only
+        body = {"resourceType": "Organization", "id": sender, "name": "送信元"}
+        await registry.write(session, "Organization", body, sender)
+        await session.commit()
     response = await post_raw(api, dumps(bundle), org=sender)
     assert_outcome(
         response, 422, "not-found", "focus", "Bundle.entry[0].resource.focus[0].reference"

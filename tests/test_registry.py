@@ -477,7 +477,8 @@ def admin(api) -> dict[str, str]:
 
 
 def member(api) -> dict[str, str]:
-    return api.headers("clinic", role="member")
+    # A registered organization (tokens of unknown ones are refused): the region office.
+    return api.headers("region-office", role="member")
 
 
 def office(api) -> dict[str, str]:

@@ -203,11 +203,41 @@ def _tail_file(path: Path, lines: int = 40) -> str:
 #   controller_protocol  security protocol of the CONTROLLER listener (production: SSL)
 #   security_properties  lines appended after the template's last line, each ending in a
 #                        newline (TLS/SASL settings); "" adds nothing
+#   extra_listeners, extra_advertised_listeners, extra_protocol_map
+#                        ",NAME://host:port" / ",NAME:PROTOCOL" entries after the client
+#                        listener: the local clusters' optional SSL listener (KafkaTls)
 SERVER_PROPERTIES_DEFAULTS: dict[str, object] = {
     "client_listener": "PLAINTEXT",
     "controller_protocol": "PLAINTEXT",
     "security_properties": "",
+    "extra_listeners": "",
+    "extra_advertised_listeners": "",
+    "extra_protocol_map": "",
 }
+
+
+@dataclass(frozen=True)
+class KafkaTls:
+    """An extra SSL listener for local clusters (tests of the hub's Kafka TLS client).
+
+    PEM files (ssl.keystore.type=PEM): ``keystore`` holds the broker's private key (PKCS#8,
+    unencrypted) and its certificate chain; ``truststore`` the CA that signed the clients'
+    certificates. Clients must present one (ssl.client.auth=required). Replication and the
+    readiness probe stay on the plain-text listener.
+    """
+
+    keystore: Path
+    truststore: Path
+
+    def properties(self) -> str:
+        return (
+            "# --- SSL listener (local clusters, KafkaTls) ---\n"
+            "ssl.keystore.type=PEM\n"
+            f"ssl.keystore.location={self.keystore}\n"
+            "ssl.truststore.type=PEM\n"
+            f"ssl.truststore.location={self.truststore}\n"
+            "ssl.client.auth=required\n"
+        )
 
 
 # What the local clusters run with on a 2-core machine (production passes its own values).
@@ -366,6 +396,7 @@ class KafkaCluster:
         nodes: int = 1,
         heap: str = "256m",
         cache_dir: Path | None = None,
+        tls: KafkaTls | None = None,
     ) -> None:
         if nodes < 1:
             raise ValueError("nodes must be >= 1")
@@ -374,6 +405,9 @@ class KafkaCluster:
         self.cache_dir = cache_dir
         self.node_ids: list[int] = list(range(1, nodes + 1))
         self.bootstrap: str = ""
+        # With ``tls``: the SSL listeners, host:port,... (empty otherwise).
+        self.tls = tls
+        self.ssl_bootstrap: str = ""
         self.cluster_id: str = ""
         self._nodes: dict[int, _Node] = {}
         self._libs: Path | None = None
@@ -490,7 +524,8 @@ class KafkaCluster:
     def _prepare(self) -> None:
         """Pick ports and ids, wipe old node folders, render every server.properties."""
         n = len(self.node_ids)
-        ports = _free_ports(2 * n)
+        ports = _free_ports(3 * n if self.tls else 2 * n)
+        ssl_ports = ports[2 * n :]
         self.base_dir.mkdir(parents=True, exist_ok=True)
         self._nodes = {}
         for i, node_id in enumerate(self.node_ids):
@@ -510,7 +545,16 @@ class KafkaCluster:
         quorum = ",".join(f"{_HOST}:{nd.controller_port}" for nd in self._nodes.values())
         replication = 3 if n >= 3 else n
         min_isr = 2 if n >= 3 else 1
-        for node in self._nodes.values():
+        for index, node in enumerate(self._nodes.values()):
+            extra: dict[str, object] = {}
+            if self.tls is not None:
+                ssl_listener = f",SSL://{_HOST}:{ssl_ports[index]}"
+                extra = {
+                    "extra_listeners": ssl_listener,
+                    "extra_advertised_listeners": ssl_listener,
+                    "extra_protocol_map": ",SSL:SSL",
+                    "security_properties": self.tls.properties(),
+                }
             node.config.write_text(
                 render_server_properties(
                     node_id=node.node_id,
@@ -523,9 +567,11 @@ class KafkaCluster:
                     replication_factor=replication,
                     min_isr=min_isr,
                     **LOCAL_SIZING,
+                    **extra,
                 )
             )
         self.bootstrap = ",".join(f"{_HOST}:{nd.broker_port}" for nd in self._nodes.values())
+        self.ssl_bootstrap = ",".join(f"{_HOST}:{port}" for port in ssl_ports)
 
     def _kill_stale(self, node_dir: Path) -> None:
         """A JVM left by an earlier run on this same folder (its Python parent was killed)

@@ -6,11 +6,11 @@ from collections.abc import Callable
 
 from fastapi import Depends, Request
 
-from services.auth.service import InvalidToken, Principal, Role, verify_token
+from services.auth.service import InvalidToken, Principal, Role
 from services.errors import FhirError
 
 
-def current_principal(request: Request) -> Principal:
+async def current_principal(request: Request) -> Principal:
     header = request.headers.get("authorization", "")
     scheme, _, token = header.partition(" ")
     if scheme.lower() != "bearer" or not token:
@@ -18,7 +18,7 @@ def current_principal(request: Request) -> Principal:
             401, "login", "a bearer token is required", headers={"WWW-Authenticate": "Bearer"}
         )
     try:
-        return verify_token(request.app.state.hub.token_public_key, token.strip())
+        return await request.app.state.hub.tokens.verify(token.strip())
     except InvalidToken:
         raise FhirError(
             401, "login", "the bearer token is not valid", headers={"WWW-Authenticate": "Bearer"}

@@ -86,6 +86,9 @@ ROUTE_RULES: dict[tuple[str, str], Rule] = {
     ("GET", "/healthz"): PUBLIC,
     ("GET", "/readyz"): PUBLIC,
     ("GET", "/fhir/metadata"): PUBLIC,
+    ("GET", "/.well-known/jwks.json"): Rule(None, "no token: the hub's public signing keys"),
+    ("GET", "/.well-known/smart-configuration"): Rule(None, "no token: SMART discovery"),
+    ("POST", "/oauth/token"): Rule(None, "no token: the client assertion is the credential"),
     ("POST", "/fhir/$process-message"): Rule(
         CARE_WORKERS, "MessageHeader.sender must be the token's organization"
     ),
@@ -133,7 +136,7 @@ async def authorize(request: Request) -> Principal | None:
         raise FhirError(403, "forbidden", "no access rule covers this route")
     if rule.roles is None:
         return None
-    principal = current_principal(request)
+    principal = await current_principal(request)
     settings: Settings = request.app.state.hub.settings
     if principal.role == Role.REGION_ADMIN and principal.org_id != settings.region_org:
         raise FhirError(403, "forbidden", "region-admin belongs to the region office only")

@@ -1,0 +1,58 @@
+"""SMART scopes for system clients: v1 (``system/*.read``) and v2 (``system/*.rs``) syntax.
+
+A client is granted at most what its role (``system``) may do: the intersection of what it asks
+for and SYSTEM_CEILING, answered in v2 syntax. Other scopes (``patient/...``, ``openid``, v2
+scopes with query parameters) are not granted.
+"""
+
+from __future__ import annotations
+
+import re
+
+V2_ORDER = "cruds"
+V1 = {"read": "rs", "write": "cud", "*": "cruds"}
+# What the system role can do at all (kept in step with services.auth.policy): read the
+# region's directory, post messages ($process-message takes a Bundle), read and mark its
+# organization's notifications (Communication).
+SYSTEM_CEILING: dict[str, str] = {
+    "Bundle": "c",
+    "Communication": "rus",
+    "Organization": "rs",
+    "Practitioner": "rs",
+    "PractitionerRole": "rs",
+}
+SCOPE = re.compile(r"system/(\*|[A-Z][A-Za-z]{1,63})\.(read|write|\*|[cruds]{1,5})")
+
+SCOPES_SUPPORTED = [
+    "system/*.read", "system/*.rs", "system/*.*", "system/*.cruds",
+    *(f"system/{resource}.{letters}" for resource, letters in SYSTEM_CEILING.items()),
+]  # fmt: skip
+
+
+def _letters(permission: str) -> str | None:
+    if permission in V1:
+        return V1[permission]
+    # v2: letters in the order c r u d s, each at most once.
+    ordered = "".join(letter for letter in V2_ORDER if letter in permission)
+    return permission if ordered == permission else None
+
+
+def grant(requested: str, ceiling: dict[str, str] = SYSTEM_CEILING) -> str:
+    """The granted scope string (v2 syntax, sorted); "" when nothing asked for can be given."""
+    granted: dict[str, set[str]] = {}
+    for scope in requested.split():
+        match = SCOPE.fullmatch(scope)
+        if match is None:
+            continue
+        resource, permission = match.groups()
+        letters = _letters(permission)
+        if letters is None:
+            continue
+        for name, allowed in ceiling.items():
+            if resource in ("*", name):
+                granted.setdefault(name, set()).update(set(letters) & set(allowed))
+    return " ".join(
+        f"system/{name}.{''.join(letter for letter in V2_ORDER if letter in letters)}"
+        for name, letters in sorted(granted.items())
+        if letters
+    )
