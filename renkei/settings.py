@@ -40,7 +40,19 @@ class Settings(BaseSettings):
     topic_retention_ms: int = 7 * 24 * 3600 * 1000
     topic_compression: str = "producer"
 
-    max_message_bytes: int = Field(default=1024 * 1024, description="Largest accepted message")
+    # Every request body, on every route (services/guard.py): larger answers 413.
+    max_message_bytes: int = Field(default=1024 * 1024, description="Largest accepted body")
+    # Per client (token subject), in process memory (services/throttle.py): a token bucket of
+    # `rate_limit_burst` requests refilled at `rate_limit_per_second`; beyond it 429.
+    rate_limit_per_second: float = 200.0
+    rate_limit_burst: int = 1000
+    # $process-message: how many of one client's messages may be in progress at once.
+    process_message_concurrency: int = 16
+    # Worker threads validating bodies off the event loop (0: one per core, at least 2).
+    validation_threads: int = 0
+    # The address clients use (links in Bundles); unset: http://{host}:{port}. Never the Host
+    # header, which the caller controls.
+    public_base_url: str | None = None
     token_ttl_seconds: int = 12 * 3600
 
     # Outbox relay: how often it polls, how long a claim lasts, and after how long an event that

@@ -5,15 +5,17 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
 from fastapi.responses import JSONResponse
 
 from renkei.hub import Hub
-from services import health
+from services import health, offload
 from services.errors import install_error_handlers
+from services.guard import RequestGuard, SecurityHeaders
 from services.intake.views import router as intake_router
 from services.notifications.views import router as notifications_router
 from services.registry.views import router as registry_router
+from services.throttle import Throttle, rate_limit
 
 
 def create_app(hub: Hub, *, manage_hub: bool = False) -> FastAPI:
@@ -29,16 +31,32 @@ def create_app(hub: Hub, *, manage_hub: bool = False) -> FastAPI:
             if manage_hub:
                 await hub.stop()
 
+    settings = hub.settings
     app = FastAPI(
         title="Renkei Hub 連携ハブ",
         version="0.1.0",
         lifespan=lifespan,
         default_response_class=JSONResponse,
+        # Swagger UI and ReDoc load their scripts from a CDN: a third party's code in a page
+        # that holds a bearer token. /openapi.json stays for tools and generators.
+        docs_url=None,
+        redoc_url=None,
     )
     app.state.hub = hub
+    app.state.throttle = Throttle(
+        settings.rate_limit_per_second,
+        settings.rate_limit_burst,
+        settings.process_message_concurrency,
+    )
+    offload.configure(settings.validation_threads)
     install_error_handlers(app)
+    # Added last = outermost: the headers go on the guard's own refusals too.
+    app.add_middleware(RequestGuard, settings=settings)
+    app.add_middleware(SecurityHeaders)
     app.include_router(health.router)
-    app.include_router(intake_router)
-    app.include_router(notifications_router)
-    app.include_router(registry_router)
+    # Every authenticated route is rate limited per client (health and metadata are not).
+    limited = [Depends(rate_limit)]
+    app.include_router(intake_router, dependencies=limited)
+    app.include_router(notifications_router, dependencies=limited)
+    app.include_router(registry_router, dependencies=limited)
     return app

@@ -27,7 +27,9 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from renkei.db import insert_ignore, utcnow
 from schemas.canonical import CARE_TEAM_ROLE_SYSTEM
 from schemas.fhir_errors import issues_from_pydantic
+from schemas.json_safety import UnsafeJson, check_tree
 from schemas.outcome import InvalidMessage, Issue
+from services import offload
 from services.registry.models import (
     REGISTRY_TYPES,
     PatientKey,
@@ -257,10 +259,10 @@ async def write(
     if not isinstance(body, dict):
         raise _invalid("structure", "the body must be a JSON object", resource_type)
     posted = resource_id is None
-    resource_id = _resolve_id(resource_type, body, resource_id)
-    candidate = {**body, "id": resource_id}
-    _validate(resource_type, candidate)
-    identifiers, references = _index_entries(resource_type, candidate)
+    # Validation is CPU work (fhir.resources over the whole body): off the event loop.
+    resource_id, candidate, identifiers, references = await offload.run_cpu(
+        _prepare, resource_type, body, resource_id
+    )
 
     current = await session.scalar(
         select(RegistryResource.version_id).where(
@@ -283,6 +285,22 @@ async def write(
     row = await session.get(RegistryResource, (resource_type, resource_id), populate_existing=True)
     assert row is not None  # just written in this transaction
     return row, current is None
+
+
+def _prepare(
+    resource_type: str, body: dict, resource_id: str | None
+) -> tuple[str, dict, set[tuple[str, str]], set[tuple[str, str]]]:
+    """(id, body with id, identifier index, reference index) of a valid body; else raises."""
+    try:
+        # Bodies from the views were checked when parsed; others (CLI, demo) are checked here.
+        check_tree(body)
+    except UnsafeJson as error:
+        raise _invalid(error.code, error.reason, resource_type) from None
+    resource_id = _resolve_id(resource_type, body, resource_id)
+    candidate = {**body, "id": resource_id}
+    _validate(resource_type, candidate)
+    identifiers, references = _index_entries(resource_type, candidate)
+    return resource_id, candidate, identifiers, references
 
 
 def _resolve_id(resource_type: str, body: dict, resource_id: str | None) -> str:
@@ -313,6 +331,9 @@ def _validate(resource_type: str, body: dict) -> None:
         get_fhir_model_class(resource_type).model_validate(body)
     except ValidationError as error:
         raise InvalidMessage(issues_from_pydantic(error.errors(), root=resource_type)) from None
+    except Exception:  # fhir.resources raises assorted errors on odd input
+        # Whatever it was, its text may quote the input, so say nothing specific.
+        raise _invalid("structure", f"not a valid FHIR R4 {resource_type}", resource_type) from None
     issues = _RULES[resource_type](body)
     if issues:
         raise InvalidMessage(issues)

@@ -8,7 +8,6 @@ through to the app's 404 OperationOutcome.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Awaitable, Callable
 from email.utils import format_datetime
 from typing import Annotated, Any
@@ -19,11 +18,14 @@ from fastapi.responses import JSONResponse
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from renkei.hub import Hub
+from schemas.json_safety import UnsafeJson, load_json
 from schemas.outcome import InvalidMessage, Issue
 from services.auth.dependencies import current_principal, require_role
 from services.auth.service import Principal, Role
 from services.dependencies import get_hub, get_session
 from services.errors import FHIR_JSON, FhirError
+from services.links import public_base_url
+from services.paging import MAX_OFFSET, paging_int
 from services.registry import service
 from services.registry.models import REGISTRY_TYPES, RegistryResource
 
@@ -62,15 +64,17 @@ def _search_handler(resource_type: str) -> Callable[..., Awaitable[JSONResponse]
         request: Request,
         _principal: Reader,
         session: Session,
+        hub: HubDep,
     ) -> JSONResponse:
-        params = dict(request.query_params)
-        count = _paging_int(params.pop("_count", None), "_count", DEFAULT_COUNT)
+        params = dict(request.query_params)  # repeated names were refused (services/guard.py)
+        count = paging_int(params.pop("_count", None), "_count", DEFAULT_COUNT, 10**12)
         count = min(count, MAX_COUNT)  # FHIR lets a server cap _count rather than refuse
-        offset = _paging_int(params.pop("_offset", None), "_offset", 0)
+        offset = paging_int(params.pop("_offset", None), "_offset", 0, MAX_OFFSET)
         total = await service.search_total(session, resource_type, params)
         rows = await service.search(session, resource_type, params, offset=offset, limit=count)
+        base = public_base_url(hub.settings)
         return JSONResponse(
-            _searchset(request, resource_type, params, rows, total, count, offset),
+            _searchset(base, resource_type, params, rows, total, count, offset),
             media_type=FHIR_JSON,
         )
 
@@ -82,9 +86,8 @@ def _create_handler(resource_type: str) -> Callable[..., Awaitable[JSONResponse]
         request: Request,
         _admin: Admin,
         session: Session,
-        hub: HubDep,
     ) -> JSONResponse:
-        body = await _resource_body(request, resource_type, hub.settings.max_message_bytes)
+        body = await _resource_body(request, resource_type)
         row, _created = await service.write(session, resource_type, body)
         await session.commit()
         return _resource_response(row, 201, location=True)
@@ -98,9 +101,8 @@ def _update_handler(resource_type: str) -> Callable[..., Awaitable[JSONResponse]
         request: Request,
         _admin: Admin,
         session: Session,
-        hub: HubDep,
     ) -> JSONResponse:
-        body = await _resource_body(request, resource_type, hub.settings.max_message_bytes)
+        body = await _resource_body(request, resource_type)
         row, created = await service.write(session, resource_type, body, resource_id)
         await session.commit()
         return _resource_response(row, 201 if created else 200, location=True)
@@ -127,14 +129,19 @@ for _type in REGISTRY_TYPES:
 # Request bodies
 
 
-async def _resource_body(request: Request, resource_type: str, limit: int) -> dict[str, Any]:
-    """The JSON object of a create/update, checked far enough to hand to the service."""
-    raw = await _read_limited(request, limit)
+async def _resource_body(request: Request, resource_type: str) -> dict[str, Any]:
+    """The JSON object of a create/update, checked far enough to hand to the service.
+
+    The size limit is the guard's (services/guard.py); the JSON is read by the same safe
+    loader as messages (depth, NUL, number size, duplicate keys).
+    """
+    raw = await request.body()
+    if not raw.strip():
+        raise _invalid("required", "the body is empty", None)
     try:
-        body = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError):
-        # No position or excerpt: the parser's message would quote the input.
-        raise _invalid("structure", "the body is not valid JSON", None) from None
+        body = load_json(raw)
+    except UnsafeJson as error:
+        raise _invalid(error.code, error.reason, None) from None
     if not isinstance(body, dict):
         raise _invalid("structure", "the body must be a JSON object (a FHIR resource)", None)
     if body.get("resourceType") != resource_type:
@@ -144,29 +151,8 @@ async def _resource_body(request: Request, resource_type: str, limit: int) -> di
     return body
 
 
-async def _read_limited(request: Request, limit: int) -> bytes:
-    """The body, refused with 413 as soon as it passes the limit (not after buffering it all)."""
-    declared = request.headers.get("content-length")
-    if declared and declared.isdigit() and int(declared) > limit:
-        raise FhirError(413, "too-costly", f"the body is larger than {limit} bytes")
-    body = bytearray()
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > limit:
-            raise FhirError(413, "too-costly", f"the body is larger than {limit} bytes")
-    return bytes(body)
-
-
 def _invalid(code: str, diagnostics: str, expression: str | None) -> InvalidMessage:
     return InvalidMessage([Issue("error", code, diagnostics, expression)])
-
-
-def _paging_int(value: str | None, name: str, default: int) -> int:
-    if value is None:
-        return default
-    if not value.isdigit():
-        raise _invalid("invalid", f"{name} must be a non-negative integer", name)
-    return int(value)
 
 
 # --------------------------------------------------------------------------------------------
@@ -184,7 +170,7 @@ def _resource_response(row: RegistryResource, status: int, *, location: bool) ->
 
 
 def _searchset(
-    request: Request,
+    public_base: str,
     resource_type: str,
     params: dict[str, str],
     rows: list[RegistryResource],
@@ -192,7 +178,7 @@ def _searchset(
     count: int,
     offset: int,
 ) -> dict[str, Any]:
-    base = f"{str(request.base_url).rstrip('/')}/fhir/{resource_type}"
+    base = f"{public_base}/fhir/{resource_type}"
 
     def page(at: int) -> str:
         return f"{base}?{urlencode({**params, '_count': count, '_offset': at})}"
@@ -209,7 +195,7 @@ def _searchset(
         "link": links,
         "entry": [
             {
-                "fullUrl": f"{str(request.base_url).rstrip('/')}/fhir/{row.resource_type}/{row.id}",
+                "fullUrl": f"{public_base}/fhir/{row.resource_type}/{row.id}",
                 "resource": row.body,
                 "search": {"mode": "match"},
             }
