@@ -48,7 +48,7 @@ class Settings(BaseSettings):
     rate_limit_burst: int = 1000
     # $process-message: how many of one client's messages may be in progress at once.
     process_message_concurrency: int = 16
-    # Worker threads validating bodies off the event loop (0: one per core, at least 2).
+    # Worker threads validating bodies off the event loop (0: one per core but one, at least 1).
     validation_threads: int = 0
     # The address clients use (links in Bundles); unset: http://{host}:{port}. Never the Host
     # header, which the caller controls.

@@ -37,6 +37,8 @@ HEADER = "Bundle.entry[0].resource"
 _ORG_REFERENCE = re.compile(r"^Organization/([A-Za-z0-9\-.]{1,64})$")
 # FHIR id datatype: at most 64 characters (fhir.resources checks only the characters).
 MAX_ID_LENGTH = 64
+# A person has a handful of numbers (chart numbers, insurance, care-insurance); 20 is plenty.
+MAX_PATIENT_IDENTIFIERS = 20
 _ABSTRACT_TYPES = frozenset({"Resource", "DomainResource"})
 
 
@@ -291,6 +293,11 @@ def _identifiers(patient: _Entry, issues: list[Issue]) -> tuple[PatientIdentifie
         # The hub matches the person on identifiers only, never on name or birth date.
         text = "Patient needs an identifier with system and value"
         issues.append(_err("required", text, f"{patient.path}.identifier"))
+    elif len(found) > MAX_PATIENT_IDENTIFIERS:
+        # Each one is a term of the matching query; thousands would be a query no database
+        # plans (SQLite refuses the expression tree).
+        text = f"Patient has more than {MAX_PATIENT_IDENTIFIERS} identifiers"
+        issues.append(_err("too-costly", text, f"{patient.path}.identifier"))
     return found
 
 

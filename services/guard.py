@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import re
 from typing import Any
-from urllib.parse import parse_qsl
+from urllib.parse import parse_qsl, unquote_to_bytes
 
 from renkei.settings import Settings
 from schemas.outcome import Issue, operation_outcome
@@ -67,15 +67,29 @@ def _header(scope: Scope, name: bytes) -> str | None:
     return None
 
 
-def target_problem(path: str, query: bytes) -> tuple[int, str, str, str | None] | None:
+def target_problem(
+    path: str, raw_path: bytes | None, query: bytes
+) -> tuple[int, str, str, str | None] | None:
     """(status, issue code, diagnostics, expression) for a path or query the hub refuses."""
     if len(path) > MAX_PATH_CHARS:
         return 414, "too-long", f"the path is longer than {MAX_PATH_CHARS} characters", None
     if "\x00" in path:
         return 400, "value", "the path contains a NUL character", None
+    try:
+        # The server decodes with replacement characters; a path that is not UTF-8 names
+        # nothing here, and saying so beats a search for U+FFFD.
+        if raw_path is not None:
+            unquote_to_bytes(raw_path.decode("latin-1")).decode("utf-8")
+    except UnicodeDecodeError:
+        return 400, "value", "the path is not UTF-8", None
     if len(query) > MAX_QUERY_BYTES:
         return 414, "too-long", f"the query string is longer than {MAX_QUERY_BYTES} bytes", None
-    pairs = parse_qsl(query.decode("latin-1"), keep_blank_values=True, encoding="utf-8")
+    try:
+        pairs = parse_qsl(
+            query.decode("latin-1"), keep_blank_values=True, encoding="utf-8", errors="strict"
+        )
+    except UnicodeDecodeError:
+        return 400, "value", "the query string is not UTF-8", None
     if len(pairs) > MAX_PARAMETERS:
         return 400, "too-costly", f"more than {MAX_PARAMETERS} query parameters", None
     seen: set[str] = set()
@@ -121,7 +135,9 @@ class RequestGuard:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        problem = target_problem(scope.get("path", ""), scope.get("query_string", b""))
+        problem = target_problem(
+            scope.get("path", ""), scope.get("raw_path"), scope.get("query_string", b"")
+        )
         if problem is not None:
             status, code, text, where = problem
             await _answer(send, status, _outcome(status, code, text, where))

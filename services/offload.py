@@ -20,7 +20,8 @@ import anyio.to_thread
 
 T = TypeVar("T")
 
-# Configured from settings.validation_threads by create_app; 0 means one per core (at least 2).
+# Configured from settings.validation_threads by create_app; 0 means one per core but one, which
+# is left to the event loop (CPU-bound threads contend with it for the GIL).
 _threads = 0
 _limiters: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, anyio.CapacityLimiter] = (
     weakref.WeakKeyDictionary()
@@ -35,7 +36,7 @@ def configure(threads: int) -> None:
 
 
 def _size() -> int:
-    return _threads if _threads > 0 else max(2, os.cpu_count() or 2)
+    return _threads if _threads > 0 else max(1, (os.cpu_count() or 2) - 1)
 
 
 def _limiter() -> anyio.CapacityLimiter:

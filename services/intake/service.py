@@ -80,9 +80,10 @@ async def accept(session: AsyncSession, message: ParsedMessage, caller_org_id: s
         content_sha256=digest,
     )
     session.add(event)
-    if patient_id is not None:
-        await _enqueue(session, event, patient_id)
     try:
+        # The enqueue's queries autoflush the event row: a racing duplicate can fail there too.
+        if patient_id is not None:
+            await _enqueue(session, event, patient_id)
         await session.commit()
     except IntegrityError:
         # The same message raced in on another connection: answer as the repeat it is.

@@ -66,6 +66,8 @@ _REFERENCE = re.compile(
 MAX_SYSTEM = 255
 MAX_VALUE = 255
 MAX_TARGET = 200
+# Index rows per resource: a person or an office has a handful of numbers.
+MAX_IDENTIFIERS = 50
 
 # Search parameters per type: name -> the index row name and the resource types a bare id
 # ("x" instead of "Patient/x") stands for. ``identifier`` and ``_id`` apply to every type.
@@ -413,6 +415,10 @@ def _index_entries(
     """(identifier (system, value) pairs, reference (name, "Type/id") pairs) of a valid body."""
     issues: list[Issue] = []
     identifiers: set[tuple[str, str]] = set()
+    if len(body.get("identifier") or []) > MAX_IDENTIFIERS:
+        where = f"{resource_type}.identifier"
+        text = f"more than {MAX_IDENTIFIERS} identifiers"
+        raise InvalidMessage([Issue("error", "too-costly", text, where)])
     for i, identifier in enumerate(body.get("identifier") or []):
         system, value = identifier.get("system") or "", identifier.get("value")
         if not value:
