@@ -18,6 +18,7 @@ from services.dependencies import get_hub, get_session
 from services.errors import FHIR_JSON, FhirError
 from services.intake import service
 from services.intake.models import Event
+from services.openapi import link_body, message_body
 from services.paging import MAX_OFFSET, paging_int
 from services.throttle import message_slot
 
@@ -28,7 +29,7 @@ SENDERS = (Role.SYSTEM, Role.MEMBER, Role.ORG_ADMIN)
 UNMATCHED = f"{CANONICAL_BASE}/StructureDefinition/unmatched"
 
 
-@router.post("/fhir/$process-message")
+@router.post("/fhir/$process-message", openapi_extra=message_body())
 async def process_message(
     request: Request,
     principal: Principal = Depends(require_role(*SENDERS)),
@@ -106,7 +107,7 @@ def _as_message_summary(event: Event) -> dict:
     }
 
 
-@router.post("/admin/unmatched-events/{event_id}/$link")
+@router.post("/admin/unmatched-events/{event_id}/$link", openapi_extra=link_body())
 async def link_unmatched(
     event_id: str,
     request: Request,

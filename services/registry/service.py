@@ -86,6 +86,8 @@ _REFERENCE_PARAMS: dict[str, dict[str, tuple[str, tuple[str, ...]]]] = {
     },
     "Consent": {"patient": ("patient", ("Patient",))},
 }
+# The search parameters each type takes besides identifier and _id (for /openapi.json).
+SEARCH_PARAMETERS = {t: frozenset(params) for t, params in _REFERENCE_PARAMS.items()}
 # Handled by the views (paging), tolerated here so callers may pass the query string as is.
 _PAGING_PARAMS = frozenset({"_count", "_offset"})
 

@@ -25,6 +25,7 @@ from services.auth.service import Principal, Role
 from services.dependencies import get_hub, get_session
 from services.errors import FHIR_JSON, FhirError
 from services.links import public_base_url
+from services.openapi import resource_body, search_parameters
 from services.paging import MAX_OFFSET, paging_int
 from services.registry import service
 from services.registry.models import REGISTRY_TYPES, RegistryResource
@@ -115,13 +116,25 @@ for _type in REGISTRY_TYPES:
         f"/{_type}/{{resource_id}}", _read_handler(_type), methods=["GET"], name=f"read-{_type}"
     )
     router.add_api_route(
-        f"/{_type}", _search_handler(_type), methods=["GET"], name=f"search-{_type}"
+        f"/{_type}",
+        _search_handler(_type),
+        methods=["GET"],
+        name=f"search-{_type}",
+        openapi_extra=search_parameters(sorted(service.SEARCH_PARAMETERS[_type])),
     )
     router.add_api_route(
-        f"/{_type}", _create_handler(_type), methods=["POST"], name=f"create-{_type}"
+        f"/{_type}",
+        _create_handler(_type),
+        methods=["POST"],
+        name=f"create-{_type}",
+        openapi_extra=resource_body(_type),
     )
     router.add_api_route(
-        f"/{_type}/{{resource_id}}", _update_handler(_type), methods=["PUT"], name=f"update-{_type}"
+        f"/{_type}/{{resource_id}}",
+        _update_handler(_type),
+        methods=["PUT"],
+        name=f"update-{_type}",
+        openapi_extra=resource_body(_type),
     )
 
 
