@@ -385,7 +385,9 @@ async def test_the_queue_is_for_admins_only(api) -> None:
     await load_region(api.hub)
     await post_unmatched(api)
     for role in ("member", "system", "auditor"):
-        response = await api.client.get(QUEUE, headers=headers(api.hub, "region-office", role))
+        response = await api.client.get(
+            QUEUE, headers=headers(api.hub, "region-office", role)
+        )
         assert_outcome(response, 403, "forbidden", "region-admin")
     response = await api.client.get(QUEUE)
     assert_outcome(response, 401, "login", "token")
