@@ -23,7 +23,7 @@ from tests.test_property_fuzz import REGION, Runner, assert_handled, runner  # n
 CHECKS = [not_a_server_error, response_schema_conformance]
 
 
-def operations(runner: Runner) -> list:
+def operations(runner: Runner) -> list:  # noqa: F811
     schema = openapi.from_dict(create_app(runner.api.hub).openapi())
     # /readyz answers 503 by design here: the api fixture's hub has no broker.
     found = [result.ok() for result in schema.get_all_operations()]
