@@ -44,7 +44,7 @@ class Settings(BaseSettings):
     max_message_bytes: int = Field(default=1024 * 1024, description="Largest accepted body")
     # Per client (token subject), in process memory (services/throttle.py): a token bucket of
     # `rate_limit_burst` requests refilled at `rate_limit_per_second`; beyond it 429.
-    rate_limit_per_second: float = 200.0
+    rate_limit_per_second: float = 500.0
     rate_limit_burst: int = 1000
     # $process-message: how many of one client's messages may be in progress at once.
     process_message_concurrency: int = 16
