@@ -11,8 +11,8 @@ import copy
 import json
 import socket
 import time
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from urllib.parse import quote
 
 import httpx
@@ -40,8 +40,16 @@ SEARCHES = [
     ("/fhir/Communication", (HOSPITAL, "member")),
     ("/admin/unmatched-events", REGION),
 ]
-WRITE_IDS = [f"{m} {p}" for m, p, _ in WRITES]
-SEARCH_IDS = [p for p, _ in SEARCHES]
+
+
+@contextmanager
+def about(endpoint: str) -> Iterator[None]:
+    """Name the endpoint in a failure (the checks below loop over every endpoint)."""
+    try:
+        yield
+    except AssertionError as error:
+        error.add_note(f"endpoint: {endpoint}")
+        raise
 
 
 def assert_refused(response: httpx.Response, status: int | None = None) -> dict:
@@ -81,20 +89,24 @@ def body_for(path: str, inner: str) -> bytes:
 # --- bodies that broke the parser or the database -------------------------------------------
 
 
-@pytest.mark.parametrize(("method", "path", "who"), WRITES, ids=WRITE_IDS)
-async def test_ten_thousand_levels_of_nesting_is_400(api, method, path, who) -> None:
-    deep = "[" * 10_000 + "]" * 10_000
-    outcome = assert_refused(await send(api, method, path, who, body_for(path, deep)), 400)
-    assert "nested" in outcome["issue"][0]["diagnostics"]
-    # Deeper than the hub allows but shallow enough for the json module: refused all the same.
-    medium = "[" * 100 + "]" * 100
-    assert_refused(await send(api, method, path, who, body_for(path, medium)), 400)
+async def test_ten_thousand_levels_of_nesting_is_400(api) -> None:
+    for method, path, who in WRITES:
+        with about(f"{method} {path}"):
+            deep = "[" * 10_000 + "]" * 10_000
+            outcome = assert_refused(await send(api, method, path, who, body_for(path, deep)), 400)
+            assert "nested" in outcome["issue"][0]["diagnostics"]
+            # Deeper than the hub allows, shallow enough for the json module: refused too.
+            medium = "[" * 100 + "]" * 100
+            assert_refused(await send(api, method, path, who, body_for(path, medium)), 400)
 
 
-@pytest.mark.parametrize(("method", "path", "who"), WRITES, ids=WRITE_IDS)
-async def test_a_five_thousand_digit_integer_is_400(api, method, path, who) -> None:
-    outcome = assert_refused(await send(api, method, path, who, body_for(path, "9" * 5000)), 400)
-    assert "digits" in outcome["issue"][0]["diagnostics"]
+async def test_a_five_thousand_digit_integer_is_400(api) -> None:
+    for method, path, who in WRITES:
+        with about(f"{method} {path}"):
+            outcome = assert_refused(
+                await send(api, method, path, who, body_for(path, "9" * 5000)), 400
+            )
+            assert "digits" in outcome["issue"][0]["diagnostics"]
 
 
 UNSTORABLE = [r'["\u0000"]', r'[{"x\u0000": 1}]', r'["\ud800"]', "[1e400]", "[-1e400]"]
@@ -110,17 +122,19 @@ NOT_A_RESOURCE = [
 ]
 
 
-@pytest.mark.parametrize(("method", "path", "who"), WRITES, ids=WRITE_IDS)
-async def test_unstorable_json_values_are_400(api, method, path, who) -> None:
+async def test_unstorable_json_values_are_400(api) -> None:
     """NUL, lone surrogates and infinities: PostgreSQL would refuse them at insert time."""
-    for inner in UNSTORABLE:
-        assert_refused(await send(api, method, path, who, body_for(path, inner)), 400)
+    for method, path, who in WRITES:
+        with about(f"{method} {path}"):
+            for inner in UNSTORABLE:
+                assert_refused(await send(api, method, path, who, body_for(path, inner)), 400)
 
 
-@pytest.mark.parametrize(("method", "path", "who"), WRITES, ids=WRITE_IDS)
-async def test_bodies_that_are_not_a_resource_are_400(api, method, path, who) -> None:
-    for body in NOT_A_RESOURCE:
-        assert_refused(await send(api, method, path, who, body), 400)
+async def test_bodies_that_are_not_a_resource_are_400(api) -> None:
+    for method, path, who in WRITES:
+        with about(f"{method} {path}"):
+            for body in NOT_A_RESOURCE:
+                assert_refused(await send(api, method, path, who, body), 400)
 
 
 async def test_a_200_character_message_header_id_is_422(api) -> None:
@@ -223,18 +237,25 @@ BAD_PAGING = [
 ]
 
 
-@pytest.mark.parametrize(("path", "who"), SEARCHES, ids=SEARCH_IDS)
-async def test_bad_paging_is_400_on_every_search(api, path, who) -> None:
-    for query in BAD_PAGING:
-        response = await api.client.get(f"{path}?{query}", headers=api.headers(*who))
-        outcome = assert_refused(response, 400)
-        assert outcome["issue"][0]["expression"][0] in ("_count", "_offset"), (query, outcome)
+async def test_bad_paging_is_400_on_every_search(api) -> None:
+    for path, who in SEARCHES:
+        with about(path):
+            for query in BAD_PAGING:
+                response = await api.client.get(f"{path}?{query}", headers=api.headers(*who))
+                outcome = assert_refused(response, 400)
+                assert outcome["issue"][0]["expression"][0] in ("_count", "_offset"), (
+                    query,
+                    outcome,
+                )
 
 
-@pytest.mark.parametrize(("path", "who"), SEARCHES, ids=SEARCH_IDS)
-async def test_good_paging_still_works_on_every_search(api, path, who) -> None:
-    response = await api.client.get(f"{path}?_count=5&_offset=1000000", headers=api.headers(*who))
-    assert response.status_code == 200, response.text
+async def test_good_paging_still_works_on_every_search(api) -> None:
+    for path, who in SEARCHES:
+        with about(path):
+            response = await api.client.get(
+                f"{path}?_count=5&_offset=1000000", headers=api.headers(*who)
+            )
+            assert response.status_code == 200, response.text
 
 
 async def test_two_thousand_status_values_are_400(api) -> None:
@@ -260,10 +281,11 @@ async def test_two_thousand_status_values_are_400(api) -> None:
     assert ok.status_code == 200, ok.text
 
 
-@pytest.mark.parametrize(("path", "who"), SEARCHES, ids=SEARCH_IDS)
-async def test_a_repeated_parameter_is_400(api, path, who) -> None:
-    response = await api.client.get(f"{path}?_count=1&_count=2", headers=api.headers(*who))
-    assert_refused(response, 400)
+async def test_a_repeated_parameter_is_400(api) -> None:
+    for path, who in SEARCHES:
+        with about(path):
+            response = await api.client.get(f"{path}?_count=1&_count=2", headers=api.headers(*who))
+            assert_refused(response, 400)
 
 
 NUL_TARGETS = [
@@ -329,12 +351,15 @@ NOT_JSON_TYPES = [
 ]
 
 
-@pytest.mark.parametrize(("method", "path", "who"), WRITES, ids=WRITE_IDS)
-async def test_a_body_that_is_not_json_by_its_type_is_415(api, method, path, who) -> None:
-    body = json.dumps({"resourceType": "Patient"}).encode()
-    for content_type in NOT_JSON_TYPES:
-        response = await send(api, method, path, who, body, **{"Content-Type": content_type})
-        assert_refused(response, 415)
+async def test_a_body_that_is_not_json_by_its_type_is_415(api) -> None:
+    for method, path, who in WRITES:
+        with about(f"{method} {path}"):
+            body = json.dumps({"resourceType": "Patient"}).encode()
+            for content_type in NOT_JSON_TYPES:
+                response = await send(
+                    api, method, path, who, body, **{"Content-Type": content_type}
+                )
+                assert_refused(response, 415)
 
 
 async def test_json_content_types_with_parameters_are_accepted(api) -> None:
@@ -397,28 +422,29 @@ async def test_odd_authorization_headers_are_401(api, authorization) -> None:
     assert_refused(response, 401)
 
 
-@pytest.mark.parametrize(("method", "path", "who"), WRITES, ids=WRITE_IDS)
-async def test_a_chunked_body_over_the_limit_is_413_on_every_write(api, method, path, who) -> None:
-    api.hub.settings.max_message_bytes = 10_000
-    sent = 0
+async def test_a_chunked_body_over_the_limit_is_413_on_every_write(api) -> None:
+    for method, path, who in WRITES:
+        with about(f"{method} {path}"):
+            api.hub.settings.max_message_bytes = 10_000
+            sent = 0
 
-    async def chunks():
-        nonlocal sent
-        for _ in range(100):
-            sent += 1
-            yield b" " * 1000
+            async def chunks():
+                nonlocal sent
+                for _ in range(100):
+                    sent += 1
+                    yield b" " * 1000
 
-    response = await api.client.request(
-        method,
-        path,
-        content=chunks(),
-        headers={**api.headers(*who), "Content-Type": "application/json"},
-    )
-    assert "content-length" not in {k.lower() for k in response.request.headers}
-    assert_refused(response, 413)
-    assert sent < 100  # refused once past the limit, not after reading everything
-    declared = await send(api, method, path, who, b" " * 10_001)
-    assert_refused(declared, 413)
+            response = await api.client.request(
+                method,
+                path,
+                content=chunks(),
+                headers={**api.headers(*who), "Content-Type": "application/json"},
+            )
+            assert "content-length" not in {k.lower() for k in response.request.headers}
+            assert_refused(response, 413)
+            assert sent < 100  # refused once past the limit, not after reading everything
+            declared = await send(api, method, path, who, b" " * 10_001)
+            assert_refused(declared, 413)
 
 
 # --- rate limits and fairness ----------------------------------------------------------------
@@ -584,8 +610,48 @@ async def test_docs_are_off_and_the_openapi_document_is_served(api) -> None:
     assert spec.status_code == 200 and spec.json()["openapi"].startswith("3.")
 
 
+async def two_notifications_for(api, org_id: str) -> None:
+    """Two notification rows for ``org_id``, written directly (this fixture has no router)."""
+    from renkei.db import utcnow
+    from services.intake.models import Event
+    from services.notifications.models import Notification
+
+    now = utcnow()
+    async with api.hub.sessions() as session:
+        for n in range(2):
+            bundle = message(EventType.ADMISSION)
+            event = Event(
+                id=f"00000000-0000-0000-0000-00000000000{n}",
+                sender_org_id=HOSPITAL,
+                message_id=bundle["entry"][0]["resource"]["id"],
+                event_type="admission",
+                status="accepted",
+                patient_id="p01",
+                accepted_at=now,
+                bundle=bundle,
+                content_sha256=f"{n:064d}",
+            )
+            session.add(event)
+            await session.flush()
+            session.add(
+                Notification(
+                    id=f"10000000-0000-0000-0000-00000000000{n}",
+                    event_id=event.id,
+                    recipient=f"Organization/{org_id}",
+                    recipient_org_id=org_id,
+                    care_team_role="care-manager",
+                    category="admission",
+                    priority="routine",
+                    patient_id="p01",
+                    sent=now,
+                )
+            )
+        await session.commit()
+
+
 async def test_links_come_from_the_public_base_url_not_the_host_header(api) -> None:
     await load_region(api.hub)
+    await two_notifications_for(api, HOSPITAL)
     public = "https://hub.region.example.jp/renkei"
     async with client_for(api, public_base_url=public + "/") as client:
         forged = {
@@ -596,8 +662,8 @@ async def test_links_come_from_the_public_base_url_not_the_host_header(api) -> N
         registry = (await client.get("/fhir/Organization?_count=2", headers=forged)).json()
         notifications = (await client.get("/fhir/Communication?_count=1", headers=forged)).json()
     urls = [link["url"] for link in registry["link"] + notifications["link"]]
-    urls += [entry["fullUrl"] for entry in registry["entry"]]
-    assert len(urls) >= 5
+    urls += [entry["fullUrl"] for entry in registry["entry"] + notifications["entry"]]
+    assert len(urls) == 7, urls  # self and next of each, 2 + 1 fullUrls
     for url in urls:
         assert url.startswith(f"{public}/fhir/"), url
         assert "evil" not in url
