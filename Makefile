@@ -2,14 +2,23 @@
 PYTHON ?= python3
 VENV := .venv
 STAMP := $(VENV)/.installed
+# Every dependency (runtime and dev) pinned with hashes: what was tested is what runs.
+LOCK := requirements.lock
 
-.PHONY: run test test-faults kafka lint bench clean
+.PHONY: run test test-faults kafka lint bench clean lock
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml $(LOCK)
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
-	$(VENV)/bin/pip install -q --upgrade pip
-	$(VENV)/bin/pip install -q -e '.[dev]'
+	$(VENV)/bin/pip install -q --require-hashes -r $(LOCK)
+	$(VENV)/bin/pip install -q --no-deps --no-build-isolation -e .
 	touch $(STAMP)
+
+# After changing dependencies in pyproject.toml: re-resolve and re-pin (needs PyPI), then the
+# next make installs the new set. `make lock UPGRADE=--upgrade` moves every pin to the newest.
+lock:
+	test -x $(VENV)/bin/uv || $(MAKE) $(STAMP)
+	$(VENV)/bin/uv pip compile -q --generate-hashes --extra dev $(UPGRADE) \
+		--python-version 3.11 --python-platform linux pyproject.toml -o $(LOCK)
 
 run: $(STAMP)
 	$(VENV)/bin/renkei up

@@ -62,7 +62,16 @@ class Settings(BaseSettings):
     # in the database at once).
     dek_cache_seconds: float = 300.0
 
-    max_message_bytes: int = Field(default=1024 * 1024, description="Largest accepted message")
+    # Every request body, on every route (services/guard.py): larger answers 413.
+    max_message_bytes: int = Field(default=1024 * 1024, description="Largest accepted body")
+    # Per client (token subject), in process memory (services/throttle.py): a token bucket of
+    # `rate_limit_burst` requests refilled at `rate_limit_per_second`; beyond it 429.
+    rate_limit_per_second: float = 500.0
+    rate_limit_burst: int = 1000
+    # $process-message: how many of one client's messages may be in progress at once.
+    process_message_concurrency: int = 16
+    # Worker threads validating bodies off the event loop (0: one per core but one, at least 1).
+    validation_threads: int = 0
     # CLI-issued tokens: an hour unless --ttl says otherwise; never more than a day.
     token_ttl_seconds: int = Field(default=3600, gt=0, le=24 * 3600)
     # Access tokens of system clients (POST /oauth/token): at most an hour.

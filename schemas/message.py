@@ -12,7 +12,6 @@ Three stages, each stopping the parse when it finds something:
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -26,6 +25,7 @@ from pydantic import ValidationError
 from schemas.canonical import BREAK_GLASS_EXTENSION
 from schemas.events import EVENT_RULES, EVENT_SYSTEM, EventType
 from schemas.fhir_errors import issues_from_pydantic
+from schemas.json_safety import UnsafeJson, load_json
 from schemas.outcome import InvalidMessage, Issue
 
 __all__ = ["ParsedMessage", "PatientIdentifier", "break_glass_reason", "parse_message"]
@@ -36,6 +36,10 @@ RULE_BROKEN = 422
 HEADER = "Bundle.entry[0].resource"
 # FHIR id datatype; the sender id becomes a registry key, so hold it to the same shape.
 _ORG_REFERENCE = re.compile(r"^Organization/([A-Za-z0-9\-.]{1,64})$")
+# FHIR id datatype: at most 64 characters (fhir.resources checks only the characters).
+MAX_ID_LENGTH = 64
+# A person has a handful of numbers (chart numbers, insurance, care-insurance); 20 is plenty.
+MAX_PATIENT_IDENTIFIERS = 20
 _ABSTRACT_TYPES = frozenset({"Resource", "DomainResource"})
 
 
@@ -98,47 +102,12 @@ def _load_json(raw: bytes) -> dict[str, Any]:
     if not raw.strip():
         raise _structural("required", "request body is empty")
     try:
-        # utf-8-sig: tolerate a byte-order mark, which some Windows senders add.
-        text = raw.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        # Only the offset: the bytes themselves may be part of a name.
-        raise _structural("structure", f"body is not UTF-8 (byte offset {exc.start})") from None
-    try:
-        data = json.loads(
-            text, object_pairs_hook=_no_duplicate_keys, parse_constant=_reject_constant
-        )
-    except json.JSONDecodeError as exc:
-        # exc.msg is fixed parser text and the position is safe; the document is never quoted.
-        where = f"line {exc.lineno}, column {exc.colno}"
-        raise _structural("structure", f"body is not valid JSON: {exc.msg} ({where})") from None
-    except (ValueError, RecursionError) as exc:
-        raise _structural("structure", f"body is not valid FHIR JSON: {_reason(exc)}") from None
+        data = load_json(raw)
+    except UnsafeJson as exc:
+        raise _structural(exc.code, exc.reason) from None
     if not isinstance(data, dict):
         raise _structural("structure", "JSON body must be an object (a FHIR resource)")
     return data
-
-
-class _JsonRejected(ValueError):
-    """Valid for Python's json module but not for FHIR JSON; message is fixed text."""
-
-
-def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    # Duplicate keys are invalid in FHIR JSON and make "which value counts" ambiguous between
-    # the hub and the recipients' parsers.
-    obj: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in obj:
-            raise _JsonRejected("duplicate property name in a JSON object")
-        obj[key] = value
-    return obj
-
-
-def _reject_constant(name: str) -> Any:
-    raise _JsonRejected("NaN and Infinity are not JSON numbers")
-
-
-def _reason(exc: BaseException) -> str:
-    return str(exc) if isinstance(exc, _JsonRejected) else "nesting too deep"
 
 
 def _check_structure(bundle: dict[str, Any]) -> list[_Entry]:
@@ -264,6 +233,12 @@ def _message_id(header: dict[str, Any], issues: list[Issue]) -> str | None:
     message_id = header.get("id")
     if not message_id:
         issues.append(_err("required", "MessageHeader.id is required", f"{HEADER}.id"))
+        return None
+    if len(message_id) > MAX_ID_LENGTH:
+        # FHIR caps ids at 64 characters; the event table keeps the id (128) as a key.
+        text = f"MessageHeader.id is longer than {MAX_ID_LENGTH} characters"
+        issues.append(_err("too-long", text, f"{HEADER}.id"))
+        return None
     return message_id
 
 
@@ -375,6 +350,11 @@ def _identifiers(patient: _Entry, issues: list[Issue]) -> tuple[PatientIdentifie
         # The hub matches the person on identifiers only, never on name or birth date.
         text = "Patient needs an identifier with system and value"
         issues.append(_err("required", text, f"{patient.path}.identifier"))
+    elif len(found) > MAX_PATIENT_IDENTIFIERS:
+        # Each one is a term of the matching query; thousands would be a query no database
+        # plans (SQLite refuses the expression tree).
+        text = f"Patient has more than {MAX_PATIENT_IDENTIFIERS} identifiers"
+        issues.append(_err("too-costly", text, f"{patient.path}.identifier"))
     return found
 
 

@@ -551,7 +551,8 @@ async def test_http_search_bundle(api) -> None:
     assert bundle["resourceType"] == "Bundle" and bundle["type"] == "searchset"
     assert bundle["total"] == 1
     (entry,) = bundle["entry"]
-    assert entry["fullUrl"] == "http://hub/fhir/Patient/p2"
+    # From the settings (default http://{host}:{port}), not the request's Host header.
+    assert entry["fullUrl"] == "http://127.0.0.1:8000/fhir/Patient/p2"
     assert entry["resource"]["id"] == "p2" and entry["search"] == {"mode": "match"}
     self_link = next(link["url"] for link in bundle["link"] if link["relation"] == "self")
     assert parse_qs(urlsplit(self_link).query)["identifier"] == [f"{CLINIC_PATIENTS}|222"]

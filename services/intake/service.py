@@ -107,10 +107,11 @@ async def accept(session: AsyncSession, message: ParsedMessage, caller_org_id: s
         key = await keyring.new_key(session)
     event.bundle_sealed = keyring.seal(key, dumps(message.bundle), bundle_aad(event.id))
     session.add(event)
-    await session.flush()  # the outbox row refers to it
-    if event.status == STATUS_ACCEPTED:
-        await _enqueue(session, event, message.bundle, key)
     try:
+        # A racing duplicate fails at this flush (or at commit): both answer as the repeat.
+        await session.flush()  # the outbox row refers to it
+        if event.status == STATUS_ACCEPTED:
+            await _enqueue(session, event, message.bundle, key)
         await session.commit()
     except IntegrityError:
         # The same message raced in on another connection: answer as the repeat it is.

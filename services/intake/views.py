@@ -2,22 +2,25 @@
 
 from __future__ import annotations
 
-import json
-
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import JSONResponse
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from renkei.hub import Hub
 from schemas.canonical import CANONICAL_BASE
+from schemas.json_safety import UnsafeJson, load_json
 from schemas.message import parse_message
 from schemas.outcome import accepted_outcome
+from services import offload
 from services.auth.policy import caller
 from services.auth.service import Principal
 from services.dependencies import get_hub, get_session
 from services.errors import FHIR_JSON, FhirError
 from services.intake import service
 from services.intake.models import Event
+from services.openapi import link_body, message_body
+from services.paging import MAX_OFFSET, paging_int
+from services.throttle import message_slot
 
 router = APIRouter()
 
@@ -25,28 +28,18 @@ router = APIRouter()
 UNMATCHED = f"{CANONICAL_BASE}/StructureDefinition/unmatched"
 
 
-async def read_limited(request: Request, limit: int) -> bytes:
-    """The body, refused with 413 as soon as it passes the limit (not after reading it all)."""
-    declared = request.headers.get("content-length")
-    if declared and declared.isdigit() and int(declared) > limit:
-        raise FhirError(413, "too-costly", f"the message is larger than {limit} bytes")
-    body = bytearray()
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > limit:
-            raise FhirError(413, "too-costly", f"the message is larger than {limit} bytes")
-    return bytes(body)
-
-
-@router.post("/fhir/$process-message")
+@router.post("/fhir/$process-message", openapi_extra=message_body())
 async def process_message(
     request: Request,
     principal: Principal = Depends(caller),
     session: AsyncSession = Depends(get_session),
     hub: Hub = Depends(get_hub),
+    _slot: None = Depends(message_slot),
 ) -> JSONResponse:
-    raw = await read_limited(request, hub.settings.max_message_bytes)
-    message = parse_message(raw)
+    # The size limit is the guard's (services/guard.py); parsing and FHIR validation are CPU
+    # work, done in a worker thread so the event loop keeps answering everyone else.
+    raw = await request.body()
+    message = await offload.run_cpu(parse_message, raw)
     result = await service.accept(session, message, principal.org_id)
     if result.created:
         hub.outbox_written.set()
@@ -70,11 +63,12 @@ async def process_message(
 async def list_unmatched(
     _admin: Principal = Depends(caller),
     session: AsyncSession = Depends(get_session),
-    _count: int = 50,
-    _offset: int = 0,
+    count: str | None = Query(None, alias="_count", description="page size, 1-500 (default 50)"),
+    offset: str | None = Query(None, alias="_offset", description="rows to skip"),
 ) -> JSONResponse:
     """The coordinator's queue: accepted events whose patient the registry did not know."""
-    events = await service.unmatched(session, min(max(_count, 1), 500), max(_offset, 0))
+    limit = min(max(paging_int(count, "_count", 50, 10**12), 1), 500)
+    events = await service.unmatched(session, limit, paging_int(offset, "_offset", 0, MAX_OFFSET))
     entries = [
         {"resource": _as_message_summary(event, await service.event_bundle(session, event))}
         for event in events
@@ -113,7 +107,7 @@ def _as_message_summary(event: Event, bundle: dict | None) -> dict:
     }
 
 
-@router.post("/admin/unmatched-events/{event_id}/$link")
+@router.post("/admin/unmatched-events/{event_id}/$link", openapi_extra=link_body())
 async def link_unmatched(
     event_id: str,
     request: Request,
@@ -123,9 +117,9 @@ async def link_unmatched(
 ) -> JSONResponse:
     """Body: ``{"patient": "Patient/<id>"}`` (a FHIR Parameters with ``patient`` works too)."""
     try:
-        body = json.loads(await request.body())
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        raise FhirError(400, "structure", "the body is not JSON") from None
+        body = load_json(await request.body())
+    except UnsafeJson as error:
+        raise FhirError(400, error.code, error.reason) from None
     reference = _patient_reference(body)
     if not reference.startswith("Patient/"):
         raise FhirError(400, "required", "give the registry Patient as Patient/<id>", "patient")
@@ -140,12 +134,16 @@ async def link_unmatched(
 
 
 def _patient_reference(body: object) -> str:
-    if isinstance(body, dict) and body.get("resourceType") == "Parameters":
-        for parameter in body.get("parameter", []):
-            if parameter.get("name") == "patient":
-                value = parameter.get("valueReference", {}).get("reference")
-                return value if isinstance(value, str) else ""
+    """The reference in either body shape; "" for anything else (any JSON may arrive here)."""
+    if not isinstance(body, dict):
         return ""
-    if isinstance(body, dict) and isinstance(body.get("patient"), str):
-        return body["patient"]
-    return ""
+    if body.get("resourceType") == "Parameters":
+        parameters = body.get("parameter")
+        for parameter in parameters if isinstance(parameters, list) else []:
+            if isinstance(parameter, dict) and parameter.get("name") == "patient":
+                value = parameter.get("valueReference")
+                reference = value.get("reference") if isinstance(value, dict) else None
+                return reference if isinstance(reference, str) else ""
+        return ""
+    patient = body.get("patient")
+    return patient if isinstance(patient, str) else ""

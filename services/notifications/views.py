@@ -19,8 +19,11 @@ from services.intake.models import Event
 from services.notifications import service
 from services.notifications.communication import to_communication
 from services.notifications.models import Notification
+from services.paging import MAX_OFFSET, paging_int
 
 router = APIRouter(prefix="/fhir/Communication")
+
+MAX_COUNT = 200
 
 
 def _since(value: str | None) -> datetime | None:
@@ -62,12 +65,16 @@ async def search(
     priority: str | None = None,
     since: str | None = Query(None, alias="_since"),
     received_missing: str | None = Query(None, alias="received:missing"),
-    count: int = Query(20, alias="_count", ge=1, le=200),
-    offset: int = Query(0, alias="_offset", ge=0),
+    count_text: str | None = Query(None, alias="_count", description="page size, 1-200 (20)"),
+    offset_text: str | None = Query(None, alias="_offset", description="rows to skip"),
     principal: Principal = Depends(caller),
     session: AsyncSession = Depends(get_session),
     hub: Hub = Depends(get_hub),
 ) -> JSONResponse:
+    count = paging_int(count_text, "_count", 20, MAX_COUNT)
+    if count < 1:
+        raise FhirError(400, "invalid", "_count must be at least 1", "_count")
+    offset = paging_int(offset_text, "_offset", 0, MAX_OFFSET)
     filters = service.NotificationFilter(
         status=status,
         category=_codes(category),
@@ -79,12 +86,14 @@ async def search(
     rows, total = await service.search(session, principal, filters, count, offset)
     zone = ZoneInfo(hub.settings.timezone)
     shown = await service.shown(session, rows)
+    # Links from the configured address, never the Host header (RENKEI_PUBLIC_BASE_URL).
+    base = f"{hub.settings.resolved_public_base_url}/fhir/Communication"
     params = {k: v for k, v in request.query_params.items() if k not in ("_offset",)}
-    links = [{"relation": "self", "url": _url(request, params, offset)}]
+    links = [{"relation": "self", "url": _url(base, params, offset)}]
     if offset + count < total:
-        links.append({"relation": "next", "url": _url(request, params, offset + count)})
+        links.append({"relation": "next", "url": _url(base, params, offset + count)})
     if offset > 0:
-        links.append({"relation": "previous", "url": _url(request, params, max(offset - count, 0))})
+        links.append({"relation": "previous", "url": _url(base, params, max(offset - count, 0))})
     bundle = {
         "resourceType": "Bundle",
         "type": "searchset",
@@ -92,7 +101,7 @@ async def search(
         "link": links,
         "entry": [
             {
-                "fullUrl": str(request.url_for("read_communication", notification_id=n.id)),
+                "fullUrl": f"{base}/{n.id}",
                 "resource": to_communication(n, e, zone, what),
                 "search": {"mode": "match"},
             }
@@ -102,9 +111,8 @@ async def search(
     return JSONResponse(bundle, media_type=FHIR_JSON)
 
 
-def _url(request: Request, params: dict[str, str], offset: int) -> str:
-    query = urlencode({**params, "_offset": str(offset)})
-    return f"{request.url.remove_query_params(list(request.query_params.keys()))}?{query}"
+def _url(base: str, params: dict[str, str], offset: int) -> str:
+    return f"{base}?{urlencode({**params, '_offset': str(offset)})}"
 
 
 @router.get("/{notification_id}", name="read_communication")

@@ -40,7 +40,9 @@ from schemas.canonical import (
 )
 from schemas.events import EventType
 from schemas.fhir_errors import issues_from_pydantic
+from schemas.json_safety import UnsafeJson, check_tree
 from schemas.outcome import InvalidMessage, Issue
+from services import offload
 from services.registry.models import (
     PATIENT_DATA,
     REGISTRY_TYPES,
@@ -79,6 +81,8 @@ _REFERENCE = re.compile(
 MAX_SYSTEM = 255
 MAX_VALUE = 255
 MAX_TARGET = 200
+# Index rows per resource: a person or an office has a handful of numbers.
+MAX_IDENTIFIERS = 50
 
 # Search parameters per type: name -> the index row name and the resource types a bare id
 # ("x" instead of "Patient/x") stands for. ``identifier`` and ``_id`` apply to every type.
@@ -97,6 +101,8 @@ _REFERENCE_PARAMS: dict[str, dict[str, tuple[str, tuple[str, ...]]]] = {
     },
     "Consent": {"patient": ("patient", ("Patient",))},
 }
+# The search parameters each type takes besides identifier and _id (for /openapi.json).
+SEARCH_PARAMETERS = {t: frozenset(params) for t, params in _REFERENCE_PARAMS.items()}
 # Handled by the views (paging), tolerated here so callers may pass the query string as is.
 _PAGING_PARAMS = frozenset({"_count", "_offset"})
 
@@ -406,10 +412,10 @@ async def write(
     if not isinstance(body, dict):
         raise _invalid("structure", "the body must be a JSON object", resource_type)
     posted = resource_id is None
-    resource_id = _resolve_id(resource_type, body, resource_id)
-    candidate = {**body, "id": resource_id}
-    _validate(resource_type, candidate)
-    identifiers, references = _index_entries(resource_type, candidate)
+    # Validation is CPU work (fhir.resources over the whole body): off the event loop.
+    resource_id, candidate, identifiers, references = await offload.run_cpu(
+        _prepare, resource_type, body, resource_id
+    )
 
     existing = (
         await session.execute(
@@ -457,6 +463,22 @@ async def _columns(
     return {"body": {}, "body_sealed": sealed}
 
 
+def _prepare(
+    resource_type: str, body: dict, resource_id: str | None
+) -> tuple[str, dict, set[tuple[str, str]], set[tuple[str, str]]]:
+    """(id, body with id, identifier index, reference index) of a valid body; else raises."""
+    try:
+        # Bodies from the views were checked when parsed; others (CLI, demo) are checked here.
+        check_tree(body)
+    except UnsafeJson as error:
+        raise _invalid(error.code, error.reason, resource_type) from None
+    resource_id = _resolve_id(resource_type, body, resource_id)
+    candidate = {**body, "id": resource_id}
+    _validate(resource_type, candidate)
+    identifiers, references = _index_entries(resource_type, candidate)
+    return resource_id, candidate, identifiers, references
+
+
 def _resolve_id(resource_type: str, body: dict, resource_id: str | None) -> str:
     """The id to store under: the URL's (PUT), else the body's, else a new uuid4 (POST)."""
     body_id = body.get("id")
@@ -485,6 +507,9 @@ def _validate(resource_type: str, body: dict) -> None:
         get_fhir_model_class(resource_type).model_validate(body)
     except ValidationError as error:
         raise InvalidMessage(issues_from_pydantic(error.errors(), root=resource_type)) from None
+    except Exception:  # fhir.resources raises assorted errors on odd input
+        # Whatever it was, its text may quote the input, so say nothing specific.
+        raise _invalid("structure", f"not a valid FHIR R4 {resource_type}", resource_type) from None
     issues = _RULES[resource_type](body)
     if issues:
         raise InvalidMessage(issues)
@@ -587,6 +612,10 @@ def _index_entries(
     """(identifier (system, value) pairs, reference (name, "Type/id") pairs) of a valid body."""
     issues: list[Issue] = []
     identifiers: set[tuple[str, str]] = set()
+    if len(body.get("identifier") or []) > MAX_IDENTIFIERS:
+        where = f"{resource_type}.identifier"
+        text = f"more than {MAX_IDENTIFIERS} identifiers"
+        raise InvalidMessage([Issue("error", "too-costly", text, where)])
     for i, identifier in enumerate(body.get("identifier") or []):
         system, value = identifier.get("system") or "", identifier.get("value")
         if not value:

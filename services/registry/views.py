@@ -8,7 +8,6 @@ through to the app's 404 OperationOutcome.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Awaitable, Callable
 from email.utils import format_datetime
 from typing import Annotated, Any
@@ -19,11 +18,14 @@ from fastapi.responses import JSONResponse
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from renkei.hub import Hub
+from schemas.json_safety import UnsafeJson, load_json
 from schemas.outcome import InvalidMessage, Issue
 from services.auth import policy
 from services.auth.service import Principal
 from services.dependencies import get_hub, get_session
 from services.errors import FHIR_JSON, FhirError
+from services.openapi import resource_body, search_parameters
+from services.paging import MAX_OFFSET, paging_int
 from services.registry import service
 from services.registry.models import REGISTRY_TYPES
 from services.registry.service import StoredResource
@@ -80,10 +82,10 @@ def _search_handler(resource_type: str) -> Callable[..., Awaitable[JSONResponse]
         session: Session,
         hub: HubDep,
     ) -> JSONResponse:
-        params = dict(request.query_params)
-        count = _paging_int(params.pop("_count", None), "_count", DEFAULT_COUNT)
+        params = dict(request.query_params)  # repeated names were refused (services/guard.py)
+        count = paging_int(params.pop("_count", None), "_count", DEFAULT_COUNT, 10**12)
         count = min(count, MAX_COUNT)  # FHIR lets a server cap _count rather than refuse
-        offset = _paging_int(params.pop("_offset", None), "_offset", 0)
+        offset = paging_int(params.pop("_offset", None), "_offset", 0, MAX_OFFSET)
         patients = None
         if resource_type not in policy.DIRECTORY_TYPES:
             scope = await policy.patient_scope(session, principal, hub.settings)
@@ -92,8 +94,9 @@ def _search_handler(resource_type: str) -> Callable[..., Awaitable[JSONResponse]
         rows = await service.search(
             session, resource_type, params, offset=offset, limit=count, patients=patients
         )
+        base = hub.settings.resolved_public_base_url
         return JSONResponse(
-            _searchset(request, resource_type, params, rows, total, count, offset),
+            _searchset(base, resource_type, params, rows, total, count, offset),
             media_type=FHIR_JSON,
         )
 
@@ -105,9 +108,8 @@ def _create_handler(resource_type: str) -> Callable[..., Awaitable[JSONResponse]
         request: Request,
         principal: Caller,
         session: Session,
-        hub: HubDep,
     ) -> JSONResponse:
-        body = await _resource_body(request, resource_type, hub.settings.max_message_bytes)
+        body = await _resource_body(request, resource_type)
         body_id = body.get("id") if isinstance(body.get("id"), str) else None
         await policy.check_write(session, principal, resource_type, body_id, body)
         row, _created = await service.write(session, resource_type, body)
@@ -123,9 +125,8 @@ def _update_handler(resource_type: str) -> Callable[..., Awaitable[JSONResponse]
         request: Request,
         principal: Caller,
         session: Session,
-        hub: HubDep,
     ) -> JSONResponse:
-        body = await _resource_body(request, resource_type, hub.settings.max_message_bytes)
+        body = await _resource_body(request, resource_type)
         await policy.check_write(session, principal, resource_type, resource_id, body)
         row, created = await service.write(session, resource_type, body, resource_id)
         await session.commit()
@@ -139,13 +140,25 @@ for _type in REGISTRY_TYPES:
         f"/{_type}/{{resource_id}}", _read_handler(_type), methods=["GET"], name=f"read-{_type}"
     )
     router.add_api_route(
-        f"/{_type}", _search_handler(_type), methods=["GET"], name=f"search-{_type}"
+        f"/{_type}",
+        _search_handler(_type),
+        methods=["GET"],
+        name=f"search-{_type}",
+        openapi_extra=search_parameters(sorted(service.SEARCH_PARAMETERS[_type])),
     )
     router.add_api_route(
-        f"/{_type}", _create_handler(_type), methods=["POST"], name=f"create-{_type}"
+        f"/{_type}",
+        _create_handler(_type),
+        methods=["POST"],
+        name=f"create-{_type}",
+        openapi_extra=resource_body(_type),
     )
     router.add_api_route(
-        f"/{_type}/{{resource_id}}", _update_handler(_type), methods=["PUT"], name=f"update-{_type}"
+        f"/{_type}/{{resource_id}}",
+        _update_handler(_type),
+        methods=["PUT"],
+        name=f"update-{_type}",
+        openapi_extra=resource_body(_type),
     )
 
 
@@ -153,14 +166,19 @@ for _type in REGISTRY_TYPES:
 # Request bodies
 
 
-async def _resource_body(request: Request, resource_type: str, limit: int) -> dict[str, Any]:
-    """The JSON object of a create/update, checked far enough to hand to the service."""
-    raw = await _read_limited(request, limit)
+async def _resource_body(request: Request, resource_type: str) -> dict[str, Any]:
+    """The JSON object of a create/update, checked far enough to hand to the service.
+
+    The size limit is the guard's (services/guard.py); the JSON is read by the same safe
+    loader as messages (depth, NUL, number size, duplicate keys).
+    """
+    raw = await request.body()
+    if not raw.strip():
+        raise _invalid("required", "the body is empty", None)
     try:
-        body = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError):
-        # No position or excerpt: the parser's message would quote the input.
-        raise _invalid("structure", "the body is not valid JSON", None) from None
+        body = load_json(raw)
+    except UnsafeJson as error:
+        raise _invalid(error.code, error.reason, None) from None
     if not isinstance(body, dict):
         raise _invalid("structure", "the body must be a JSON object (a FHIR resource)", None)
     if body.get("resourceType") != resource_type:
@@ -170,29 +188,8 @@ async def _resource_body(request: Request, resource_type: str, limit: int) -> di
     return body
 
 
-async def _read_limited(request: Request, limit: int) -> bytes:
-    """The body, refused with 413 as soon as it passes the limit (not after buffering it all)."""
-    declared = request.headers.get("content-length")
-    if declared and declared.isdigit() and int(declared) > limit:
-        raise FhirError(413, "too-costly", f"the body is larger than {limit} bytes")
-    body = bytearray()
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > limit:
-            raise FhirError(413, "too-costly", f"the body is larger than {limit} bytes")
-    return bytes(body)
-
-
 def _invalid(code: str, diagnostics: str, expression: str | None) -> InvalidMessage:
     return InvalidMessage([Issue("error", code, diagnostics, expression)])
-
-
-def _paging_int(value: str | None, name: str, default: int) -> int:
-    if value is None:
-        return default
-    if not value.isdigit():
-        raise _invalid("invalid", f"{name} must be a non-negative integer", name)
-    return int(value)
 
 
 # --------------------------------------------------------------------------------------------
@@ -210,7 +207,7 @@ def _resource_response(row: StoredResource, status: int, *, location: bool) -> J
 
 
 def _searchset(
-    request: Request,
+    public_base: str,
     resource_type: str,
     params: dict[str, str],
     rows: list[StoredResource],
@@ -218,7 +215,7 @@ def _searchset(
     count: int,
     offset: int,
 ) -> dict[str, Any]:
-    base = f"{str(request.base_url).rstrip('/')}/fhir/{resource_type}"
+    base = f"{public_base}/fhir/{resource_type}"
 
     def page(at: int) -> str:
         return f"{base}?{urlencode({**params, '_count': count, '_offset': at})}"
@@ -235,7 +232,7 @@ def _searchset(
         "link": links,
         "entry": [
             {
-                "fullUrl": f"{str(request.base_url).rstrip('/')}/fhir/{row.resource_type}/{row.id}",
+                "fullUrl": f"{public_base}/fhir/{row.resource_type}/{row.id}",
                 "resource": row.body,
                 "search": {"mode": "match"},
             }
