@@ -102,14 +102,15 @@ def alembic_config() -> Config:
     return config
 
 
+def upgrade(connection: Any, revision: str = "head") -> None:
+    """Alembic upgrade on a sync connection (``run_sync``); tests stop at older revisions."""
+    config = alembic_config()
+    config.attributes["connection"] = connection
+    command.upgrade(config, revision)
+
+
 async def migrate(engine: AsyncEngine) -> None:
     """Bring the schema to the newest revision (run at every start; a no-op when current)."""
-
-    def upgrade(connection: Any) -> None:
-        config = alembic_config()
-        config.attributes["connection"] = connection
-        command.upgrade(config, "head")
-
     async with engine.begin() as connection:
         await connection.run_sync(upgrade)
 

@@ -3,22 +3,15 @@
 from __future__ import annotations
 
 import sqlalchemy as sa
-from alembic import command
 
-from renkei.db import alembic_config, create_engine
-
-
-def _upgrade(connection, revision: str) -> None:  # noqa: ANN001 - a sync Connection
-    config = alembic_config()
-    config.attributes["connection"] = connection
-    command.upgrade(config, revision)
+from renkei.db import create_engine, upgrade
 
 
 async def test_existing_notifications_get_full_content_and_no_break_glass(database_url) -> None:
     engine = create_engine(database_url)
     try:
         async with engine.begin() as connection:
-            await connection.run_sync(_upgrade, "0001")
+            await connection.run_sync(upgrade, "0001")
             await connection.execute(sa.text(
                 "INSERT INTO event (id, sender_org_id, message_id, event_type, status, "
                 "accepted_at, bundle, content_sha256) VALUES ('e1', 'o', 'm', 'admission', "
@@ -31,7 +24,7 @@ async def test_existing_notifications_get_full_content_and_no_break_glass(databa
                 "'2026-01-01 00:00:00')"
             ))  # fmt: skip
         async with engine.begin() as connection:
-            await connection.run_sync(_upgrade, "head")
+            await connection.run_sync(upgrade, "head")
             row = (
                 await connection.execute(
                     sa.text("SELECT content, break_glass, reason FROM notification")

@@ -4,22 +4,15 @@ engines): columns are only added, so no table is recreated under enforced foreig
 from __future__ import annotations
 
 import sqlalchemy as sa
-from alembic import command
 
-from renkei.db import alembic_config, create_engine
-
-
-def _upgrade(connection, revision: str) -> None:  # noqa: ANN001 - a sync Connection
-    config = alembic_config()
-    config.attributes["connection"] = connection
-    command.upgrade(config, revision)
+from renkei.db import create_engine, upgrade
 
 
 async def test_upgrade_keeps_existing_rows_and_their_index(database_url) -> None:
     engine = create_engine(database_url)
     try:
         async with engine.begin() as connection:
-            await connection.run_sync(_upgrade, "0001")
+            await connection.run_sync(upgrade, "0001")
             for statement in (
                 "INSERT INTO event (id, sender_org_id, message_id, event_type, status, "
                 "accepted_at, bundle, content_sha256) VALUES ('e1', 'o', 'm', 'admission', "
@@ -35,7 +28,7 @@ async def test_upgrade_keeps_existing_rows_and_their_index(database_url) -> None
             ):
                 await connection.execute(sa.text(statement))
         async with engine.begin() as connection:
-            await connection.run_sync(_upgrade, "head")
+            await connection.run_sync(upgrade, "head")
             event = (
                 await connection.execute(
                     sa.text("SELECT bundle_sealed, unmatched_reason FROM event")

@@ -21,25 +21,8 @@ import uvicorn
 
 from schemas.events import EventType
 from services.app import create_app
-from services.registry.models import REGISTRY_TYPES
+from tests.endpoints import PROCESS, REGION, SEARCHES, WRITES
 from tests.hubtools import HOSPITAL, load_region, message
-
-PROCESS = "/fhir/$process-message"
-REGION = ("region-office", "region-admin")
-
-# Every route that takes a body: (method, path, who).
-WRITES = [
-    *(("POST", f"/fhir/{t}", REGION) for t in REGISTRY_TYPES),
-    *(("PUT", f"/fhir/{t}/x1", REGION) for t in REGISTRY_TYPES),
-    ("POST", PROCESS, (HOSPITAL, "system")),
-    ("POST", "/admin/unmatched-events/e1/$link", REGION),
-]
-# Every paged search: (path, who).
-SEARCHES = [
-    *((f"/fhir/{t}", (HOSPITAL, "member")) for t in REGISTRY_TYPES),
-    ("/fhir/Communication", (HOSPITAL, "member")),
-    ("/admin/unmatched-events", REGION),
-]
 
 
 @pytest.fixture

@@ -22,10 +22,9 @@ from hypothesis import strategies as st
 from schemas.events import EventType
 from services.demo_region import region_resources
 from services.registry.models import REGISTRY_TYPES
+from tests.endpoints import PROCESS, REGION, SEARCHES, WRITES
 from tests.hubtools import HOSPITAL, load_region, message
 
-PROCESS = "/fhir/$process-message"
-REGION = ("region-office", "region-admin")
 FUZZ = settings(
     max_examples=100,
     deadline=None,
@@ -33,17 +32,6 @@ FUZZ = settings(
     database=None,  # no example database written into the repository
 )
 
-WRITES = [
-    *(("POST", f"/fhir/{t}", REGION) for t in REGISTRY_TYPES),
-    *(("PUT", f"/fhir/{t}/x1", REGION) for t in REGISTRY_TYPES),
-    ("POST", PROCESS, (HOSPITAL, "system")),
-    ("POST", "/admin/unmatched-events/e1/$link", REGION),
-]
-SEARCHES = [
-    *((f"/fhir/{t}", (HOSPITAL, "member")) for t in REGISTRY_TYPES),
-    ("/fhir/Communication", (HOSPITAL, "member")),
-    ("/admin/unmatched-events", REGION),
-]
 PARAMETER_NAMES = [
     "_count", "_offset", "_id", "identifier", "patient", "subject", "organization",
     "practitioner", "participant", "status", "category", "priority", "_since",
