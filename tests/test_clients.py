@@ -219,3 +219,30 @@ async def test_client_cli_add_list_revoke(api, tmp_path) -> None:
     unknown = run_cli(data_dir, "client", "add", "--org", "no-such-org", "--name", "x",
                       "--jwks", str(jwks_file), env=env)  # fmt: skip
     assert unknown.returncode == 2 and "registry" in unknown.stderr
+
+
+async def test_a_client_token_does_only_what_its_scopes_grant(api) -> None:
+    """The role allows posting; a token granted only Communication access cannot post."""
+    await load_region(api.hub)
+    private = ec_key()
+    client_id = await register(api, private)
+    url = await token_url(api)
+    reader = await ask(api, assertion(private, client_id, url, "k1"), "system/Communication.rs")
+    assert reader.json()["scope"] == "system/Communication.rs"
+    headers = {"Authorization": f"Bearer {reader.json()['access_token']}"}
+    posted = await api.client.post("/fhir/$process-message", json={}, headers=headers)
+    assert posted.status_code == 403 and "system/Bundle.c" in posted.text
+    listed = await api.client.get("/fhir/Communication", headers=headers)
+    assert listed.status_code == 200
+    marked = await api.client.post("/fhir/Communication/x/$read", headers=headers)
+    assert marked.status_code == 403 and "system/Communication.u" in marked.text
+    directory = await api.client.get("/fhir/Organization", headers=headers)
+    assert directory.status_code == 403
+    # Patient data is outside every client's ceiling, whatever it asks for.
+    patients = await api.client.get("/fhir/Patient", headers=headers)
+    assert patients.status_code == 403
+
+    sender = await ask(api, assertion(private, client_id, url, "k1"), "system/Bundle.c")
+    headers = {"Authorization": f"Bearer {sender.json()['access_token']}"}
+    posted = await api.client.post("/fhir/$process-message", json={}, headers=headers)
+    assert posted.status_code == 400  # past the policy: the body is refused for what it is

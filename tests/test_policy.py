@@ -259,3 +259,22 @@ SPEC = {
 def test_table_says_what_the_issue_says(route: tuple[str, str]) -> None:
     rule = policy.rule_for(*route)
     assert rule is not None and {role.value for role in rule.roles} == SPEC[route]
+
+
+def test_the_system_scope_ceiling_grants_only_what_routes_allow_the_system_role() -> None:
+    from services.clients.scopes import SYSTEM_CEILING
+
+    allowed = {
+        rule.scope
+        for rule in policy.ROUTE_RULES.values()
+        if rule.roles and Role.SYSTEM in rule.roles and rule.scope
+    }
+    for resource, letters in SYSTEM_CEILING.items():
+        for letter in letters:
+            assert (resource, letter) in allowed, (resource, letter)
+
+
+def test_every_authenticated_care_route_names_its_scope() -> None:
+    for route, rule in policy.ROUTE_RULES.items():
+        if rule.roles and Role.SYSTEM in rule.roles:
+            assert rule.scope is not None, route

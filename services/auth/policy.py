@@ -21,7 +21,7 @@ HTTP views, routing, deliveries and exports ask this module; none decides access
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from zoneinfo import ZoneInfo
 
@@ -34,6 +34,7 @@ from renkei.db import utcnow
 from renkei.settings import Settings
 from services.auth.dependencies import current_principal
 from services.auth.service import Principal, Role
+from services.clients import scopes
 from services.errors import FhirError
 from services.registry import service as registry
 from services.registry.models import REGISTRY_TYPES
@@ -51,10 +52,15 @@ PATIENT_READERS = frozenset({R.REGION_ADMIN, R.ORG_ADMIN, R.MEMBER, R.SYSTEM})
 
 @dataclass(frozen=True)
 class Rule:
-    """The roles that may call a route (``None``: public, no token), and what is decided inside."""
+    """The roles that may call a route (``None``: public, no token), and what is decided inside.
+
+    ``scope``: the SMART interaction the route is (resource, one of c r u d s). A system
+    client's token (POST /oauth/token) must have been granted it as well as hold the role.
+    """
 
     roles: frozenset[Role] | None
     inside: str = ""
+    scope: tuple[str, str] | None = None
 
 
 PUBLIC = Rule(None, "no token: liveness, readiness, metadata")
@@ -75,10 +81,10 @@ def _registry_rules() -> dict[tuple[str, str], Rule]:
             }[resource_type]
             write = Rule(frozenset({R.REGION_ADMIN, R.ORG_ADMIN}), inside)
         base = f"/fhir/{resource_type}"
-        rules[("GET", f"{base}/{{resource_id}}")] = read
-        rules[("GET", base)] = read
-        rules[("POST", base)] = write
-        rules[("PUT", f"{base}/{{resource_id}}")] = write
+        rules[("GET", f"{base}/{{resource_id}}")] = replace(read, scope=(resource_type, "r"))
+        rules[("GET", base)] = replace(read, scope=(resource_type, "s"))
+        rules[("POST", base)] = replace(write, scope=(resource_type, "c"))
+        rules[("PUT", f"{base}/{{resource_id}}")] = replace(write, scope=(resource_type, "u"))
     return rules
 
 
@@ -90,17 +96,19 @@ ROUTE_RULES: dict[tuple[str, str], Rule] = {
     ("GET", "/.well-known/smart-configuration"): Rule(None, "no token: SMART discovery"),
     ("POST", "/oauth/token"): Rule(None, "no token: the client assertion is the credential"),
     ("POST", "/fhir/$process-message"): Rule(
-        CARE_WORKERS, "MessageHeader.sender must be the token's organization"
+        CARE_WORKERS, "MessageHeader.sender must be the token's organization", ("Bundle", "c")
     ),
-    ("GET", "/fhir/Communication"): Rule(CARE_WORKERS, "addressed to the caller only"),
+    ("GET", "/fhir/Communication"): Rule(
+        CARE_WORKERS, "addressed to the caller only", ("Communication", "s")
+    ),
     ("GET", "/fhir/Communication/{notification_id}"): Rule(
-        CARE_WORKERS, "addressed to the caller only"
+        CARE_WORKERS, "addressed to the caller only", ("Communication", "r")
     ),
     ("POST", "/fhir/Communication/{notification_id}/$read"): Rule(
-        CARE_WORKERS, "addressed to the caller only"
+        CARE_WORKERS, "addressed to the caller only", ("Communication", "u")
     ),
     ("POST", "/fhir/Communication/{notification_id}/$acknowledge"): Rule(
-        CARE_WORKERS, "addressed to the caller only"
+        CARE_WORKERS, "addressed to the caller only", ("Communication", "u")
     ),
     ("GET", "/admin/unmatched-events"): Rule(frozenset({R.REGION_ADMIN}), "region office only"),
     ("GET", "/admin/break-glass"): Rule(frozenset({R.REGION_ADMIN}), "region office only"),
@@ -143,6 +151,12 @@ async def authorize(request: Request) -> Principal | None:
     if principal.role not in rule.roles:
         allowed = ", ".join(sorted(role.value for role in rule.roles))
         raise FhirError(403, "forbidden", f"this needs the role {allowed}")
+    if principal.client_id is not None and not (
+        rule.scope is not None and scopes.allows(principal.scopes, *rule.scope)
+    ):
+        # A client's token does what it was granted, never more, even where its role could.
+        needed = f"system/{rule.scope[0]}.{rule.scope[1]}" if rule.scope else "a scope"
+        raise FhirError(403, "forbidden", f"the token's scopes do not include {needed}")
     return principal
 
 

@@ -56,3 +56,16 @@ def grant(requested: str, ceiling: dict[str, str] = SYSTEM_CEILING) -> str:
         for name, letters in sorted(granted.items())
         if letters
     )
+
+
+def allows(scopes: frozenset[str], resource: str, letter: str) -> bool:
+    """Whether granted ``scopes`` (v2 syntax, as ``grant`` answers them) cover one interaction."""
+    for scope in scopes:
+        match = SCOPE.fullmatch(scope)
+        if match is None:
+            continue
+        name, permission = match.groups()
+        letters = _letters(permission) or ""
+        if name in ("*", resource) and letter in letters:
+            return True
+    return False
