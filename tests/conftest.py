@@ -29,6 +29,10 @@ DATABASE = os.environ.get("RENKEI_TEST_DATABASE", "sqlite")
 # Pure tests (no broker, no database) run once, in the leg that says so.
 RUN_PURE = os.environ.get("RENKEI_TEST_PURE", "1") == "1"
 LEG_FIXTURES = {"database_url", "db_sessions", "hub", "api", "broker", "hub_factory"}
+# Apache Kafka legs rerun only what touches a broker: database-only tests (the HTTP surface
+# over a database, fuzzing included) already ran on both databases in the Tansu legs.
+BROKER_ONLY = os.environ.get("RENKEI_TEST_BROKER_ONLY", "0") == "1"
+BROKER_FIXTURES = {"broker", "hub", "hub_factory", "live_api"}
 
 
 def pytest_report_header(config: pytest.Config) -> str:
@@ -40,9 +44,10 @@ def pytest_report_header(config: pytest.Config) -> str:
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     if RUN_PURE:
         return
+    wanted = BROKER_FIXTURES if BROKER_ONLY else LEG_FIXTURES
     selected, deselected = [], []
     for item in items:
-        uses_leg = LEG_FIXTURES & set(getattr(item, "fixturenames", ()))
+        uses_leg = wanted & set(getattr(item, "fixturenames", ()))
         (selected if uses_leg else deselected).append(item)
     if deselected:
         config.hook.pytest_deselected(items=deselected)

@@ -1,7 +1,8 @@
 """``make test``: the whole suite, leg by leg (engine x database), with a summary per leg.
 
-Leg 1 runs everything on Tansu + SQLite, pure tests included; the other legs rerun the tests
-that touch a broker or a database on PostgreSQL and on Apache Kafka. The Apache Kafka legs
+Leg 1 runs everything on Tansu + SQLite, pure tests included; leg 2 reruns every test that
+touches a broker or a database on PostgreSQL; the Apache Kafka legs rerun the tests that touch a
+broker (database-only tests do not depend on the engine and ran on both databases). They
 need Java and Maven; without them this prints one line saying so instead of skipping silently.
 """
 
@@ -15,11 +16,12 @@ import sys
 import time
 
 LEGS = [
-    # (engine, database, pure tests too)
-    ("tansu", "sqlite", True),
-    ("tansu", "postgresql", False),
-    ("kafka", "postgresql", False),
-    ("kafka", "sqlite", False),
+    # (engine, database, which tests): "all" (pure ones too), "database" (every test that
+    # touches a broker or a database), "broker" (only those that touch a broker)
+    ("tansu", "sqlite", "all"),
+    ("tansu", "postgresql", "database"),
+    ("kafka", "postgresql", "broker"),
+    ("kafka", "sqlite", "broker"),
 ]
 
 
@@ -27,12 +29,13 @@ def java_and_maven() -> bool:
     return shutil.which("java") is not None and shutil.which("mvn") is not None
 
 
-def run_leg(engine: str, database: str, pure: bool, extra: list[str]) -> tuple[int, str, float]:
+def run_leg(engine: str, database: str, which: str, extra: list[str]) -> tuple[int, str, float]:
     env = dict(os.environ)
     env.update(
         RENKEI_TEST_ENGINE=engine,
         RENKEI_TEST_DATABASE=database,
-        RENKEI_TEST_PURE="1" if pure else "0",
+        RENKEI_TEST_PURE="1" if which == "all" else "0",
+        RENKEI_TEST_BROKER_ONLY="1" if which == "broker" else "0",
     )
     command = [sys.executable, "-m", "pytest", "-q", "-m", "not faults", "-p", "no:cacheprovider"]
     print(f"\n=== leg: engine={engine} database={database} ===", flush=True)
@@ -56,8 +59,8 @@ def main() -> int:
         print("Apache Kafka legs did not run: java and mvn are not both on PATH")
         legs = [leg for leg in LEGS if leg[0] != "kafka"]
     results = []
-    for engine, database, pure in legs:
-        code, summary, seconds = run_leg(engine, database, pure, extra)
+    for engine, database, which in legs:
+        code, summary, seconds = run_leg(engine, database, which, extra)
         results.append((engine, database, code, summary, seconds))
     print("\n=== legs ===")
     worst = 0
