@@ -16,6 +16,7 @@ from services.clients.views import router as clients_router
 from services.errors import install_error_handlers
 from services.guard import RequestGuard, SecurityHeaders
 from services.hsts import install_hsts
+from services.intake.queue import IntakeQueue
 from services.intake.views import router as intake_router
 from services.notifications.views import router as notifications_router
 from services.registry.views import router as registry_router
@@ -33,6 +34,7 @@ def create_app(hub: Hub, *, manage_hub: bool = False) -> FastAPI:
         try:
             yield
         finally:
+            await _app.state.intake.close()  # what it holds is committed before the hub stops
             if manage_hub:
                 await hub.stop()
 
@@ -50,6 +52,7 @@ def create_app(hub: Hub, *, manage_hub: bool = False) -> FastAPI:
         redoc_url=None,
     )
     app.state.hub = hub
+    app.state.intake = IntakeQueue(hub.sessions)
     app.state.throttle = Throttle(
         settings.rate_limit_per_second,
         settings.rate_limit_burst,

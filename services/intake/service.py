@@ -17,7 +17,7 @@ import logging
 import uuid
 from dataclasses import dataclass
 
-from sqlalchemy import select
+from sqlalchemy import select, tuple_
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -59,29 +59,121 @@ class IntakeResult:
     status: str
 
 
-async def accept(session: AsyncSession, message: ParsedMessage, caller_org_id: str) -> IntakeResult:
-    if message.sender_org_id != caller_org_id:
-        raise FhirError(
-            403,
-            "forbidden",
-            "MessageHeader.sender is not the organization of the bearer token",
-            "Bundle.entry[0].resource.sender",
-        )
-    sender = await registry.read(session, "Organization", message.sender_org_id)
-    if sender is None:
-        raise FhirError(
-            422,
-            "not-found",
-            "MessageHeader.sender is not an Organization known to the registry",
-            "Bundle.entry[0].resource.sender",
-        )
-    digest = content_digest(message.bundle)
-    repeat = await _existing(session, message, digest)
-    if repeat is not None:
-        return repeat
+@dataclass(frozen=True)
+class Submission:
+    """One message as the caller posted it, waiting to be accepted."""
 
-    now = utcnow()
-    match = await _match(session, message, registry.issued_systems(sender.body))
+    message: ParsedMessage
+    caller_org_id: str
+
+
+async def accept(session: AsyncSession, message: ParsedMessage, caller_org_id: str) -> IntakeResult:
+    """Accept one message (raises FhirError when it is refused)."""
+    (outcome,) = await accept_many(session, [Submission(message, caller_org_id)])
+    if isinstance(outcome, FhirError):
+        raise outcome
+    return outcome
+
+
+async def accept_many(
+    session: AsyncSession, submissions: list[Submission]
+) -> list[IntakeResult | FhirError]:
+    """Accept a batch of messages in one transaction: one outcome per submission, in order.
+
+    The batch shares its round trips (senders, repeats and patient matches are each one query
+    for the whole batch) and its commit. The rules are those of one message: a refusal is that
+    submission's outcome and leaves the others alone; the same message twice in one batch is
+    accepted once and answered as a repeat the second time. If the commit meets a racing
+    writer (the same message accepted on another connection), the batch is rolled back and
+    each submission is accepted again on its own, where the race is answered as a repeat.
+    """
+    outcomes: list[IntakeResult | FhirError | None] = [None] * len(submissions)
+    for index, submission in enumerate(submissions):
+        if submission.message.sender_org_id != submission.caller_org_id:
+            outcomes[index] = FhirError(
+                403,
+                "forbidden",
+                "MessageHeader.sender is not the organization of the bearer token",
+                "Bundle.entry[0].resource.sender",
+            )
+    open_items = [i for i, outcome in enumerate(outcomes) if outcome is None]
+    senders = await registry.read_many(
+        session, "Organization", {submissions[i].message.sender_org_id for i in open_items}
+    )
+    digests = {i: content_digest(submissions[i].message.bundle) for i in open_items}
+    earlier = await _existing_many(session, [submissions[i].message for i in open_items])
+    own = {
+        i: _own_identifiers(
+            submissions[i].message,
+            registry.issued_systems(
+                senders[sender].body
+                if (sender := submissions[i].message.sender_org_id) in senders
+                else None
+            ),
+        )
+        for i in open_items
+    }
+    holders, patients = await registry.patients_by_identifier(
+        session, [identifier for identifiers in own.values() for identifier in identifiers]
+    )
+    created: list[tuple[int, Event, DataKeyRef]] = []
+    in_batch: dict[tuple[str, str], tuple[str, str, str]] = {}  # (sender, id) -> result
+    for i in open_items:
+        message = submissions[i].message
+        if message.sender_org_id not in senders:
+            outcomes[i] = FhirError(
+                422,
+                "not-found",
+                "MessageHeader.sender is not an Organization known to the registry",
+                "Bundle.entry[0].resource.sender",
+            )
+            continue
+        identity = (message.sender_org_id, message.message_id)
+        seen = earlier.get(identity) or in_batch.get(identity)
+        if seen is not None:
+            outcomes[i] = _repeat(seen, digests[i])
+            continue
+        match = _match(message, own[i], holders, patients)
+        event, key = await _new_event(session, message, match, digests[i])
+        in_batch[identity] = (event.id, event.status, digests[i])
+        created.append((i, event, key))
+    if created:
+        try:
+            # A racing duplicate fails at this flush (or at commit).
+            await session.flush()  # the outbox rows refer to the events
+            for i, event, key in created:
+                if event.status == STATUS_ACCEPTED:
+                    await _enqueue(session, event, submissions[i].message.bundle, key)
+            await session.commit()
+        except IntegrityError:
+            await session.rollback()
+            if len(submissions) == 1:
+                # The same message raced in on another connection: answer as the repeat it is.
+                message = submissions[0].message
+                seen = (await _existing_many(session, [message])).get(
+                    (message.sender_org_id, message.message_id)
+                )
+                if seen is None:
+                    raise
+                return [_repeat(seen, digests[0])]
+            return [(await accept_many(session, [s]))[0] for s in submissions]
+    for i, event, _key in created:
+        outcomes[i] = IntakeResult(event.id, True, event.status)
+        if event.status == STATUS_UNMATCHED:
+            log.info(
+                "event %s accepted unmatched (%s); queued for linking",
+                event.id,
+                event.unmatched_reason,
+            )
+        elif event.status == STATUS_FORGOTTEN:
+            log.info("event %s is about a forgotten patient; kept, not routed", event.id)
+    return [outcome for outcome in outcomes if outcome is not None]
+
+
+async def _new_event(
+    session: AsyncSession, message: ParsedMessage, match: Match, digest: str
+) -> tuple[Event, DataKeyRef]:
+    """The event row, its message sealed under the patient's data key (added, not flushed)."""
     keyring = keyring_of(session)
     event = Event(
         id=str(uuid.uuid4()),
@@ -91,7 +183,7 @@ async def accept(session: AsyncSession, message: ParsedMessage, caller_org_id: s
         status=match.status,
         patient_id=match.patient_id,
         occurred_at=message.occurred_at,
-        accepted_at=now,
+        accepted_at=utcnow(),
         unmatched_reason=match.reason,
         bundle={},  # the message is only stored sealed (bundle_sealed)
         content_sha256=digest,
@@ -107,24 +199,7 @@ async def accept(session: AsyncSession, message: ParsedMessage, caller_org_id: s
         key = await keyring.new_key(session)
     event.bundle_sealed = keyring.seal(key, dumps(message.bundle), bundle_aad(event.id))
     session.add(event)
-    try:
-        # A racing duplicate fails at this flush (or at commit): both answer as the repeat.
-        await session.flush()  # the outbox row refers to it
-        if event.status == STATUS_ACCEPTED:
-            await _enqueue(session, event, message.bundle, key)
-        await session.commit()
-    except IntegrityError:
-        # The same message raced in on another connection: answer as the repeat it is.
-        await session.rollback()
-        repeat = await _existing(session, message, digest)
-        if repeat is None:
-            raise
-        return repeat
-    if event.status == STATUS_UNMATCHED:
-        log.info("event %s accepted unmatched (%s); queued for linking", event.id, match.reason)
-    elif event.status == STATUS_FORGOTTEN:
-        log.info("event %s is about a forgotten patient; kept, not routed", event.id)
-    return IntakeResult(event.id, True, event.status)
+    return event, key
 
 
 def bundle_aad(event_id: str) -> str:
@@ -150,20 +225,28 @@ class Match:
     reason: str | None = None
 
 
-async def _match(
-    session: AsyncSession, message: ParsedMessage, own_systems: frozenset[str]
+def _own_identifiers(message: ParsedMessage, own_systems: frozenset[str]) -> list[tuple[str, str]]:
+    """The message's patient identifiers in the systems its sender issues: the only ones that
+    may name a registry patient (a sender is bound to its own patient ids)."""
+    return [(i.system, i.value) for i in message.patient_identifiers if i.system in own_systems]
+
+
+def _match(
+    message: ParsedMessage,
+    own: list[tuple[str, str]],
+    holders: dict[tuple[str, str], set[str]],
+    patients: dict[str, registry.StoredResource],
 ) -> Match:
     """Who the message is about, through the sender's own identifier systems only."""
-    own = [(i.system, i.value) for i in message.patient_identifiers if i.system in own_systems]
     if not own:
         return Match(STATUS_UNMATCHED, reason=REASON_NOT_SENDER_SYSTEM)
-    found = await registry.patients_with(session, own)
+    found = sorted(set().union(*(holders.get(identifier, set()) for identifier in own)))
     if not found:
         return Match(STATUS_UNMATCHED, reason=REASON_UNKNOWN_PATIENT)
     if len(found) > 1:
         log.warning("patient identifiers match %d registry patients; unmatched", len(found))
         return Match(STATUS_UNMATCHED, reason=REASON_AMBIGUOUS)
-    patient = found[0]
+    patient = patients[found[0]]
     if patient.forgotten:
         return Match(STATUS_FORGOTTEN, patient_id=patient.id)
     registered = (patient.body or {}).get("birthDate")
@@ -181,28 +264,35 @@ def _message_patient(bundle: dict) -> dict:
     return {}
 
 
-async def _existing(
-    session: AsyncSession, message: ParsedMessage, digest: str
-) -> IntakeResult | None:
-    row = (
-        await session.execute(
-            select(Event.id, Event.status, Event.content_sha256).where(
-                Event.sender_org_id == message.sender_org_id,
-                Event.message_id == message.message_id,
-            )
-        )
-    ).first()
-    if row is None:
-        return None
-    if row.content_sha256 != digest:
-        raise FhirError(
+async def _existing_many(
+    session: AsyncSession, messages: list[ParsedMessage]
+) -> dict[tuple[str, str], tuple[str, str, str]]:
+    """Messages already accepted, in one query: (sender, message id) -> (event id, status,
+    content digest)."""
+    pairs = sorted({(m.sender_org_id, m.message_id) for m in messages})
+    if not pairs:
+        return {}
+    rows = await session.execute(
+        select(
+            Event.sender_org_id, Event.message_id, Event.id, Event.status, Event.content_sha256
+        ).where(tuple_(Event.sender_org_id, Event.message_id).in_(pairs))
+    )
+    return {(r.sender_org_id, r.message_id): (r.id, r.status, r.content_sha256) for r in rows}
+
+
+def _repeat(seen: tuple[str, str, str], digest: str) -> IntakeResult | FhirError:
+    """A message whose (sender, MessageHeader.id) was accepted before: the same content is a
+    repeat (answered as before), other content a reused id (refused)."""
+    event_id, status, earlier_digest = seen
+    if earlier_digest != digest:
+        return FhirError(
             409,
             "conflict",
             "this sender already used this MessageHeader.id for a different message; "
             "a new message needs a new id",
             "Bundle.entry[0].resource.id",
         )
-    return IntakeResult(row.id, False, row.status)
+    return IntakeResult(event_id, False, status)
 
 
 async def _enqueue(session: AsyncSession, event: Event, bundle: dict, key: DataKeyRef) -> None:

@@ -32,7 +32,6 @@ UNMATCHED = f"{CANONICAL_BASE}/StructureDefinition/unmatched"
 async def process_message(
     request: Request,
     principal: Principal = Depends(caller),
-    session: AsyncSession = Depends(get_session),
     hub: Hub = Depends(get_hub),
     _slot: None = Depends(message_slot),
 ) -> JSONResponse:
@@ -40,7 +39,8 @@ async def process_message(
     # work, done in a worker thread so the event loop keeps answering everyone else.
     raw = await request.body()
     message = await offload.run_cpu(parse_message, raw)
-    result = await service.accept(session, message, principal.org_id)
+    # Stored with the other messages arriving now, in one transaction (services/intake/queue).
+    result = await request.app.state.intake.accept(message, principal.org_id)
     if result.created:
         hub.outbox_written.set()
     if not result.created:

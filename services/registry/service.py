@@ -215,27 +215,41 @@ async def patients_with(
 ) -> list[StoredResource]:
     """The registry Patients carrying any of ``identifiers`` (system, value), decrypted.
 
-    Identifiers without a system are ignored: a bare number could belong to anyone. One query
-    through the blind index: the identifiers themselves are not in the database. More than one
-    Patient means the registry or the message is wrong; the caller must not guess.
+    Identifiers without a system are ignored: a bare number could belong to anyone. More than
+    one Patient means the registry or the message is wrong; the caller must not guess.
+    """
+    holders, patients = await patients_by_identifier(session, identifiers)
+    found = set().union(*holders.values()) if holders else set()
+    return [patients[patient_id] for patient_id in sorted(found)]
+
+
+async def patients_by_identifier(
+    session: AsyncSession, identifiers: Iterable[tuple[str, str]]
+) -> tuple[dict[tuple[str, str], set[str]], dict[str, StoredResource]]:
+    """For many identifiers at once (a batch of messages): who holds each, and the Patients.
+
+    Two queries through the blind index, whatever the number of identifiers: the identifiers
+    themselves are not in the database. Identifiers nobody holds are absent from the first map.
     """
     keyring = keyring_of(session)
     blinded = {
-        (system, keyring.blind(system, value)) for system, value in identifiers if system and value
+        (system, keyring.blind(system, value)): (system, value)
+        for system, value in identifiers
+        if system and value
     }
     if not blinded:
-        return []
-    matching = (
-        select(RegistryIdentifier.resource_id)
+        return {}, {}
+    rows = await session.execute(
+        select(RegistryIdentifier.resource_id, RegistryIdentifier.system, RegistryIdentifier.value)
         .where(RegistryIdentifier.resource_type == "Patient")
         .where(or_(*(_identifier_clause(s, v) for s, v in sorted(blinded))))
     )
-    rows = await session.scalars(
-        select(RegistryResource)
-        .where(RegistryResource.resource_type == "Patient", RegistryResource.id.in_(matching))
-        .order_by(RegistryResource.id)
-    )
-    return [await _opened(session, row) for row in rows.all()]
+    holders: dict[tuple[str, str], set[str]] = {}
+    for patient_id, system, value in rows:
+        if (original := blinded.get((system, value))) is not None:
+            holders.setdefault(original, set()).add(patient_id)
+    found = set().union(*holders.values()) if holders else set()
+    return holders, await read_many(session, "Patient", found)
 
 
 async def match_patient(
@@ -333,7 +347,7 @@ async def role_ids_at(session: AsyncSession, org_id: str) -> list[str]:
 
 
 async def role_organizations(session: AsyncSession, practitioner_id: str) -> set[str]:
-    """"Organization/x" of every PractitionerRole of Practitioner/<practitioner_id>."""
+    """ "Organization/x" of every PractitionerRole of Practitioner/<practitioner_id>."""
     roles = _referencing_ids("PractitionerRole", "practitioner", f"Practitioner/{practitioner_id}")
     query = select(RegistryReference.target).where(
         RegistryReference.resource_type == "PractitionerRole",
@@ -351,9 +365,7 @@ async def care_teams_with_members(session: AsyncSession, references: list[str]) 
         select(RegistryResource)
         .where(RegistryResource.resource_type == "CareTeam")
         .where(RegistryResource.forgotten_at.is_(None))
-        .where(
-            RegistryResource.id.in_(_referencing_ids("CareTeam", "participant", *references))
-        )
+        .where(RegistryResource.id.in_(_referencing_ids("CareTeam", "participant", *references)))
         .order_by(RegistryResource.id)
     )
     opened = [await _opened(session, row) for row in (await session.scalars(query)).all()]
