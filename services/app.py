@@ -6,7 +6,6 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import Depends, FastAPI
-from fastapi.responses import JSONResponse
 
 from renkei.hub import Hub
 from services import health, logs, offload
@@ -20,6 +19,7 @@ from services.intake.queue import IntakeQueue
 from services.intake.views import router as intake_router
 from services.notifications.views import router as notifications_router
 from services.registry.views import router as registry_router
+from services.responses import JSONResponse
 from services.review.views import router as review_router
 from services.throttle import Throttle, rate_limit
 

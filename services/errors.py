@@ -6,10 +6,10 @@ import logging
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
 from schemas.outcome import InvalidMessage, Issue, operation_outcome
+from services.responses import JSONResponse
 
 log = logging.getLogger(__name__)
 FHIR_JSON = "application/fhir+json"

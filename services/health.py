@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from fastapi import APIRouter, Depends
-from fastapi.responses import JSONResponse
 from sqlalchemy import text
 
 from renkei.hub import Hub
@@ -12,6 +11,7 @@ from schemas.events import EVENT_SYSTEM, EventType
 from services.dependencies import get_hub
 from services.errors import FHIR_JSON
 from services.registry.models import REGISTRY_TYPES
+from services.responses import JSONResponse
 
 router = APIRouter()
 

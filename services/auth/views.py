@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse
+
+from services.responses import JSONResponse
 
 router = APIRouter()
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 from urllib.parse import parse_qs
 
 from fastapi import APIRouter, Depends, Request
-from fastapi.responses import JSONResponse
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from renkei.hub import Hub
@@ -19,6 +18,7 @@ from services.clients.service import (
     verify_assertion,
 )
 from services.dependencies import get_hub, get_session
+from services.responses import JSONResponse
 
 router = APIRouter()
 TOKEN_PATH = "/oauth/token"

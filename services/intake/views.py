@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from fastapi import APIRouter, Depends, Query, Request
-from fastapi.responses import JSONResponse
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from renkei.hub import Hub
@@ -20,6 +19,7 @@ from services.intake import service
 from services.intake.models import Event
 from services.openapi import link_body, message_body
 from services.paging import MAX_OFFSET, paging_int
+from services.responses import JSONResponse
 from services.throttle import message_slot
 
 router = APIRouter()

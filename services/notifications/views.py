@@ -7,7 +7,6 @@ from urllib.parse import urlencode
 from zoneinfo import ZoneInfo
 
 from fastapi import APIRouter, Depends, Query, Request
-from fastapi.responses import JSONResponse
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from renkei.hub import Hub
@@ -20,6 +19,7 @@ from services.notifications import service
 from services.notifications.communication import to_communication
 from services.notifications.models import Notification
 from services.paging import MAX_OFFSET, paging_int
+from services.responses import JSONResponse
 
 router = APIRouter(prefix="/fhir/Communication")
 

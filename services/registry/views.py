@@ -14,7 +14,6 @@ from typing import Annotated, Any
 from urllib.parse import urlencode
 
 from fastapi import APIRouter, Depends, Request
-from fastapi.responses import JSONResponse
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from renkei.hub import Hub
@@ -29,6 +28,7 @@ from services.paging import MAX_OFFSET, paging_int
 from services.registry import service
 from services.registry.models import REGISTRY_TYPES
 from services.registry.service import StoredResource
+from services.responses import JSONResponse
 
 router = APIRouter(prefix="/fhir")
 

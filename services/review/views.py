@@ -10,7 +10,6 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import APIRouter, Depends, Query
-from fastapi.responses import JSONResponse
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from schemas.canonical import (
@@ -26,6 +25,7 @@ from services.auth.service import Principal
 from services.dependencies import get_session
 from services.errors import FHIR_JSON, FhirError
 from services.intake.service import event_bundle
+from services.responses import JSONResponse
 from services.review import service
 from services.review.service import BreakGlassEntry
 
