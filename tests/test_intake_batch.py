@@ -104,3 +104,21 @@ async def test_a_refused_message_in_the_queue_leaves_the_others_alone(api) -> No
     assert isinstance(outcomes[0], IntakeResult) and outcomes[0].created
     assert isinstance(outcomes[1], FhirError) and outcomes[1].status == 403
     assert await counts(hub.sessions) == (1, 1)
+
+
+async def test_an_acute_change_goes_ahead_of_the_bulk_messages_waiting(api) -> None:
+    hub = api.hub
+    await load_region(hub)
+    queue = IntakeQueue(hub.sessions, max_batch=4)
+    bulk = [message(EventType.ADMISSION, f"p0{1 + i % 9}") for i in range(12)]
+    urgent = message(EventType.ACUTE_CHANGE, "p01")
+    order: list[str] = []
+
+    async def post(bundle: dict) -> None:
+        result = await queue.accept(parsed(bundle), sender_of(bundle))
+        order.append(result.event_id if bundle is not urgent else "urgent")
+
+    # All queued before the writer runs: the acute change came last, it is stored first.
+    await asyncio.gather(*(post(b) for b in [*bulk, urgent]))
+    assert order.index("urgent") < 4  # in the first transaction, not the fourth
+    assert len(order) == 13
