@@ -17,6 +17,8 @@ from services.guard import RequestGuard, SecurityHeaders
 from services.hsts import install_hsts
 from services.intake.queue import IntakeQueue
 from services.intake.views import router as intake_router
+from services.metrics.views import IntakeTimer
+from services.metrics.views import router as metrics_router
 from services.notifications.views import router as notifications_router
 from services.registry.views import router as registry_router
 from services.responses import JSONResponse
@@ -65,6 +67,8 @@ def create_app(hub: Hub, *, manage_hub: bool = False) -> FastAPI:
     app.add_middleware(RequestGuard, settings=settings)
     app.add_middleware(SecurityHeaders)
     install_hsts(app, hub.settings)
+    # Outermost of all: the intake's time and outcome include every refusal on the way in.
+    app.add_middleware(IntakeTimer)
     app.include_router(health.router)
     app.include_router(auth_router)
     app.include_router(clients_router)
@@ -74,4 +78,5 @@ def create_app(hub: Hub, *, manage_hub: bool = False) -> FastAPI:
     app.include_router(notifications_router, dependencies=limited)
     app.include_router(registry_router, dependencies=limited)
     app.include_router(review_router, dependencies=limited)
+    app.include_router(metrics_router, dependencies=limited)
     return app

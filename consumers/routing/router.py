@@ -34,6 +34,7 @@ from schemas.envelope import (
     header,
 )
 from schemas.topics import DLQ_TOPIC, EVENT_TOPICS
+from services import metrics
 from services.intake.models import STATUS_FORGOTTEN, Event
 
 log = logging.getLogger(__name__)
@@ -136,6 +137,7 @@ class Router:
             self.outbox_written.set()
         if not outcome.already_routed:
             self.routed += 1
+            metrics.observe_routed(event.event_type, event.accepted_at, outcome.priorities)
             log.info(
                 "routed event %s: %d notified, %d withheld",
                 event.id,

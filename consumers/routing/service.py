@@ -55,6 +55,8 @@ class RoutingOutcome:
     notified: int
     suppressed: int
     already_routed: bool
+    # One entry per notification written (for the metrics: notifications per priority).
+    priorities: tuple[str, ...] = ()
 
 
 async def recipients(
@@ -171,7 +173,12 @@ async def route_event(
                 session, SuppressedDelivery.__table__, suppressed, ["event_id", "recipient"]
             )
         )
-    return RoutingOutcome(len(notifications), len(suppressed), already_routed=False)
+    return RoutingOutcome(
+        len(notifications),
+        len(suppressed),
+        already_routed=False,
+        priorities=tuple(n["priority"] for n in notifications),
+    )
 
 
 def _notification_records(

@@ -118,6 +118,12 @@ ROUTE_RULES: dict[tuple[str, str], Rule] = {
     ("POST", "/admin/unmatched-events/{event_id}/$link"): Rule(
         frozenset({R.REGION_ADMIN}), "region office only"
     ),
+    # Operations, not patient data: the region office runs the hub, and its monitoring scrapes
+    # with a system client's token (scope system/Metrics.r, granted to its clients only).
+    # Auditors review access to patient data; the hub's load is not theirs to watch.
+    ("GET", "/metrics"): Rule(
+        frozenset({R.REGION_ADMIN, R.SYSTEM}), "region office only", ("Metrics", "r")
+    ),
     **_registry_rules(),
 }
 
@@ -256,9 +262,7 @@ async def check_write(
     if principal.role != Role.ORG_ADMIN or resource_type in PATIENT_DATA_TYPES:
         raise FhirError(403, "forbidden", "the region office keeps this resource")
     own = f"Organization/{principal.org_id}"
-    current = (
-        await registry.read(session, resource_type, resource_id) if resource_id else None
-    )
+    current = await registry.read(session, resource_type, resource_id) if resource_id else None
     if resource_type == "Organization":
         if resource_id != principal.org_id:
             raise FhirError(403, "forbidden", "an org-admin writes its own Organization only")

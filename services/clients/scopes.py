@@ -21,11 +21,14 @@ SYSTEM_CEILING: dict[str, str] = {
     "Practitioner": "rs",
     "PractitionerRole": "rs",
 }
+# The region office's own clients may also read the hub's metrics (GET /metrics): a scraper.
+# Not a FHIR resource type; a name of the hub's, in the same syntax.
+REGION_OFFICE_CEILING: dict[str, str] = {**SYSTEM_CEILING, "Metrics": "r"}
 SCOPE = re.compile(r"system/(\*|[A-Z][A-Za-z]{1,63})\.(read|write|\*|[cruds]{1,5})")
 
 SCOPES_SUPPORTED = [
     "system/*.read", "system/*.rs", "system/*.*", "system/*.cruds",
-    *(f"system/{resource}.{letters}" for resource, letters in SYSTEM_CEILING.items()),
+    *(f"system/{resource}.{letters}" for resource, letters in REGION_OFFICE_CEILING.items()),
 ]  # fmt: skip
 
 

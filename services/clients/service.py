@@ -191,9 +191,16 @@ async def verify_assertion(session: AsyncSession, assertion: str, token_url: str
 
 
 def grant_token(
-    client: Client, requested_scope: str, ring: KeyRing, ttl_seconds: int
+    client: Client,
+    requested_scope: str,
+    ring: KeyRing,
+    ttl_seconds: int,
+    *,
+    region_office: bool = False,
 ) -> TokenGrant:
-    granted = scopes.grant(requested_scope)
+    """``region_office``: the client is the region office's (it may be granted Metrics.r)."""
+    ceiling = scopes.REGION_OFFICE_CEILING if region_office else scopes.SYSTEM_CEILING
+    granted = scopes.grant(requested_scope, ceiling)
     if not granted:
         raise OAuthError("invalid_scope", "none of the requested scopes can be granted")
     ttl = min(ttl_seconds, ACCESS_TOKEN_MAX_SECONDS)

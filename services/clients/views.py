@@ -100,7 +100,11 @@ async def token(
         if not await hub.tokens.org_exists(client.org_id):
             raise OAuthError("invalid_client", "the client's organization is not registered", 401)
         grant = grant_token(
-            client, form["scope"], hub.tokens.current_ring(), hub.settings.client_token_ttl_seconds
+            client,
+            form["scope"],
+            hub.tokens.current_ring(),
+            hub.settings.client_token_ttl_seconds,
+            region_office=client.org_id == hub.settings.region_org,
         )
     except OAuthError as error:
         await session.rollback()

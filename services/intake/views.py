@@ -17,6 +17,7 @@ from services.dependencies import get_hub, get_session
 from services.errors import FHIR_JSON, FhirError
 from services.intake import service
 from services.intake.models import Event
+from services.metrics import note_event_type
 from services.openapi import link_body, message_body
 from services.paging import MAX_OFFSET, paging_int
 from services.responses import JSONResponse
@@ -39,6 +40,7 @@ async def process_message(
     # work, done in a worker thread so the event loop keeps answering everyone else.
     raw = await request.body()
     message = await offload.run_cpu(parse_message, raw)
+    note_event_type(request, message.event_type)
     # Stored with the other messages arriving now, in one transaction (services/intake/queue).
     result = await request.app.state.intake.accept(message, principal.org_id)
     if result.created:
