@@ -27,7 +27,7 @@ from typing import Any
 import orjson
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-from sqlalchemy import LargeBinary, String, select, update
+from sqlalchemy import LargeBinary, String, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Mapped, mapped_column
 
@@ -243,6 +243,16 @@ def keyring_of(session: AsyncSession) -> Keyring:
     if keyring is None:
         raise RuntimeError("this session factory has no keyring (renkei.db.session_factory)")
     return keyring
+
+
+async def rewrap_pending(session: AsyncSession, keyring: Keyring) -> int:
+    """How many live data keys are not yet under the current KEK (``rewrap_all``'s total)."""
+    current = keyring.kek.current_id()
+    query = select(func.count()).select_from(DataKey)
+    return (
+        await session.scalar(query.where(DataKey.kek_id != current, DataKey.wrapped.is_not(None)))
+        or 0
+    )
 
 
 async def rewrap_all(

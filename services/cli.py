@@ -263,11 +263,12 @@ def cmd_patient_forget(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_keys_rotate(_args: argparse.Namespace) -> int:
+def cmd_keys_rotate(args: argparse.Namespace) -> int:
     """A new KEK for new data keys, then every existing data key re-wrapped under it."""
-    from renkei.crypto import rewrap_all
+    from renkei.crypto import rewrap_all, rewrap_pending
     from renkei.db import migrate
     from renkei.hub import Hub
+    from services.progress import Progress
 
     async def rotate() -> tuple[str, int]:
         hub = Hub(get_settings())
@@ -276,22 +277,27 @@ def cmd_keys_rotate(_args: argparse.Namespace) -> int:
             kek_id = hub.keyring.kek.rotate()
             print(f"new key-encryption key {kek_id}; re-wrapping data keys", flush=True)
             async with hub.sessions() as session:
-                done = await rewrap_all(
-                    session, hub.keyring, progress=lambda n: print(f"  {n} re-wrapped", flush=True)
-                )
+                total = await rewrap_pending(session, hub.keyring)
+                line = Progress("re-wrapped", total, enabled=args.progress or None)
+                done = await rewrap_all(session, hub.keyring, progress=line.update)
+                line.finish()
             return kek_id, done
         finally:
             await hub.engine.dispose()
 
     kek_id, done = asyncio.run(rotate())
-    print(f"done: {done} data keys now under {kek_id} (older KEK files may be archived)")
+    print(f"done: {done} data keys re-wrapped under {kek_id} (older KEK files may be archived)")
     return 0
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
     from services.demo import run_demo
 
-    return run_demo(args.url or get_settings().resolved_public_base_url, args.timeout)
+    base_url = args.url or get_settings().resolved_public_base_url
+    return run_demo(base_url, args.timeout, progress=args.progress or None)
+
+
+PROGRESS_HELP = "a progress line on stderr even when it is not a terminal (default: terminal only)"
 
 
 def parser() -> argparse.ArgumentParser:
@@ -319,6 +325,7 @@ def parser() -> argparse.ArgumentParser:
     rotate = key_commands.add_parser(
         "rotate", help="new key-encryption key; re-wrap every data key under it"
     )
+    rotate.add_argument("--progress", action="store_true", help=PROGRESS_HELP)
     rotate.set_defaults(func=cmd_keys_rotate)
     rotate_signing = key_commands.add_parser(
         "rotate-signing", help="sign new tokens with a new key (old keys still verify)"
@@ -359,6 +366,7 @@ def parser() -> argparse.ArgumentParser:
     demo = commands.add_parser("demo", help="load the demo region and post one event of each type")
     demo.add_argument("--url", help="the hub's base URL (default: from the settings)")
     demo.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for delivery")
+    demo.add_argument("--progress", action="store_true", help=PROGRESS_HELP)
     demo.set_defaults(func=cmd_demo)
     return root
 

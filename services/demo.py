@@ -18,6 +18,7 @@ from services.demo_region import (
     region_resources,
     sample_message_about,
 )
+from services.progress import Progress
 
 
 def _headers(org_id: str, role: Role, practitioner: str | None = None) -> dict[str, str]:
@@ -25,14 +26,17 @@ def _headers(org_id: str, role: Role, practitioner: str | None = None) -> dict[s
     return {"Authorization": f"Bearer {token}", "Content-Type": "application/fhir+json"}
 
 
-def load_region(client: httpx.Client) -> int:
+def load_region(client: httpx.Client, progress: bool | None = None) -> int:
     admin = _headers(get_settings().region_org, Role.REGION_ADMIN)
     resources = region_resources()
+    line = Progress("registered", len(resources), enabled=progress)
     for resource in resources:
         url = f"/fhir/{resource['resourceType']}/{resource['id']}"
         response = client.put(url, json=resource, headers=admin)
         if response.status_code not in (200, 201):
             raise SystemExit(f"registry refused {url}: {response.status_code} {response.text}")
+        line.advance()
+    line.finish()
     return len(resources)
 
 
@@ -55,12 +59,13 @@ def post_events(client: httpx.Client) -> dict[EventType, str]:
     return events
 
 
-def run_demo(base_url: str, timeout: float) -> int:
+def run_demo(base_url: str, timeout: float, progress: bool | None = None) -> int:
+    """``progress``: the progress lines on stderr (None: only when it is a terminal)."""
     names = organization_names()
     with httpx.Client(base_url=base_url, timeout=10) as client:
         print(f"連携ハブ {base_url}: デモ地域を登録しています / loading the demo region ...")
         print(
-            f"  {load_region(client)} resources "
+            f"  {load_region(client, progress)} resources "
             "(11 organizations, 10 patients, care teams, consents)"
         )
         events = post_events(client)
@@ -73,11 +78,14 @@ def run_demo(base_url: str, timeout: float) -> int:
         wanted = set(events.values())
         seen: dict[str, list[str]] = {}
         deadline = time.monotonic() + timeout
+        line = Progress("events delivered", len(wanted), enabled=progress)
         while time.monotonic() < deadline:
             seen = _deliveries(client, names, wanted)
+            line.update(len(wanted & set(seen)))
             if {e for e in seen} >= wanted and _settled(client, names, wanted, seen):
                 break
             time.sleep(0.5)
+        line.finish()
         for event_type, event_id in events.items():
             lines = seen.get(event_id, [])
             print(f"  {EVENT_RULES[event_type].display_ja}（{event_type.value}）→ {len(lines)} 件")

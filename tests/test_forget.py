@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -133,11 +134,14 @@ async def test_keys_rotate_rewraps_with_progress_and_the_hub_still_reads(api) ->
     }
     result = await asyncio.to_thread(
         subprocess.run,
-        [sys.executable, "-m", "services.cli", "keys", "rotate"],
+        [sys.executable, "-m", "services.cli", "keys", "rotate", "--progress"],
         capture_output=True, text=True, env=env, cwd=ROOT, timeout=60,
     )  # fmt: skip
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "re-wrapped" in result.stdout  # progress
+    # The progress line on stderr (asked for: not a terminal); the result on stdout.
+    total = re.search(r"re-wrapped (\d+)/(\d+) \(100%\)", result.stderr)
+    assert total is not None and total.group(1) == total.group(2) != "0", result.stderr
+    assert f"done: {total.group(1)} data keys re-wrapped" in result.stdout
     new_kek = hub.keyring.kek.current_id()  # the hub sees the rotation (re-read at each wrap)
     async with hub.sessions() as session:
         assert set((await session.scalars(select(DataKey.kek_id))).all()) == {new_kek}
