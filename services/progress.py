@@ -65,6 +65,7 @@ class Progress:
         self.started = clock()
         self.done = 0
         self._drawn_at: float | None = None
+        self._drawn_done: int | None = None
 
     def update(self, done: int) -> None:
         """``done`` so far (absolute: callbacks that report a running total)."""
@@ -78,13 +79,14 @@ class Progress:
         self.update(self.done + count)
 
     def finish(self) -> None:
-        """The last line, always drawn (when enabled), and the terminal's line ended."""
-        self._draw(self.clock(), final=True)
+        """The last line (unless a log already has it), and the terminal's line ended."""
+        if self.tty or self._drawn_done != self.done:
+            self._draw(self.clock(), final=True)
 
     def _draw(self, now: float, final: bool = False) -> None:
         if not self.enabled:
             return
-        self._drawn_at = now
+        self._drawn_at, self._drawn_done = now, self.done
         line = progress_line(self.label, self.done, self.total, now - self.started)
         if self.tty:
             self.stream.write("\r\x1b[K" + line + ("\n" if final else ""))

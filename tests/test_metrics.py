@@ -147,12 +147,31 @@ async def test_outbox_depth_and_age_with_the_relay_stopped(hub_factory) -> None:
         _text, samples = await scrape(api)
         assert value(samples, "renkei_outbox_depth", topic="renkei.event.admission") == 2
         assert value(samples, "renkei_outbox_depth", topic="renkei.event.discharge") == 1
+        assert ("renkei_outbox_depth", frozenset({("topic", "renkei.notification")})) in samples
+        assert value(samples, "renkei_outbox_depth", topic="renkei.notification") == 0
+        assert value(samples, "renkei_outbox_depth", topic="other") == 0
         age = value(samples, "renkei_outbox_oldest_age_seconds", topic="renkei.event.admission")
         assert 0 < age < 60
+        assert value(samples, "renkei_outbox_oldest_age_seconds", topic="renkei.dlq") == 0
+        if hub.engine.dialect.name == "sqlite":
+            await assert_outbox_count_reads_the_index_only(hub)
         # Nothing was published: the router has nothing to catch up on.
         assert value(samples, "renkei_broker_reachable") == 1
         assert value(samples, "renkei_consumer_lag", consumer="router",
                      topic="renkei.event.admission") == 0  # fmt: skip
+
+
+async def assert_outbox_count_reads_the_index_only(hub) -> None:  # noqa: ANN001 - Hub
+    """The scrape's per-topic count is a search in the partial index of unsent rows."""
+    from sqlalchemy import text
+
+    query = (
+        "EXPLAIN QUERY PLAN SELECT count(*), min(created_at) FROM outbox "
+        "WHERE sent_at IS NULL AND topic = 'x'"
+    )
+    async with hub.engine.connect() as connection:
+        plan = " ".join(str(row[-1]) for row in await connection.execute(text(query)))
+    assert "INDEX ix_outbox_unsent_topic (topic=?)" in plan, plan
 
 
 async def test_a_broker_away_is_a_gauge_not_a_failed_scrape(api: Api) -> None:

@@ -52,11 +52,13 @@ def test_asked_for_writes_whole_lines_now_and_then() -> None:
     clock.now += 5
     line.update(900)
     clock.now += 1
-    line.finish()  # always drawn
+    line.update(1000)  # too soon to draw, but the end is always drawn
+    line.finish()
+    line.finish()  # once
     assert log.getvalue().splitlines() == [
         "re-wrapped 100/1,000 (10%) 100/s ETA 9s",
         "re-wrapped 900/1,000 (90%) 129/s ETA 1s",
-        "re-wrapped 900/1,000 (90%) 112/s ETA 1s",
+        "re-wrapped 1,000/1,000 (100%) 125/s",
     ]
 
 

@@ -28,6 +28,7 @@ from prometheus_client import (
     Counter,
     Histogram,
     ProcessCollector,
+    disable_created_metrics,
     generate_latest,
     multiprocess,
     values,
@@ -40,6 +41,9 @@ from renkei.db import utcnow
 from renkei.keys import secure_dir
 from renkei.settings import Settings
 from schemas.events import EventType
+
+# No *_created series: a timestamp per label set that no dashboard of ours reads.
+disable_created_metrics()
 
 ENV = "PROMETHEUS_MULTIPROC_DIR"
 UNKNOWN = "unknown"
