@@ -6,7 +6,7 @@ import time
 from typing import Any
 
 from fastapi import APIRouter, Depends
-from fastapi.responses import Response
+from fastapi.responses import PlainTextResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from renkei.hub import Hub
@@ -22,7 +22,7 @@ router = APIRouter()
 INTAKE_PATH = "/fhir/$process-message"
 
 
-@router.get("/metrics", tags=["metrics"])
+@router.get("/metrics", tags=["metrics"], response_class=PlainTextResponse)
 async def metrics(hub: Hub = Depends(get_hub), principal: Principal = Depends(caller)) -> Response:
     """The hub's metrics for the region office's monitoring (a system client's scraper)."""
     if principal.org_id != hub.settings.region_org:
