@@ -55,8 +55,9 @@ async def outbox_topics(hub: Hub) -> list[OutboxTopic]:
     """Unsent rows per topic and the age of the oldest, every topic of the hub's (an empty one
     as 0); unsent rows for any other topic are counted under "other".
 
-    One search per topic in ix_outbox_unsent_topic (unsent rows only, index-only), and one
-    count in ix_outbox_pending for the total: no table row is read.
+    One search per topic in ix_outbox_unsent_topic (a partial index of the unsent rows only)
+    and one count in ix_outbox_pending for the total, never a walk over the table. Statements
+    apart, so rows written or sent in between may shift "other" by a few (never below 0).
     """
     unsent = OutboxRecord.sent_at.is_(None)
     found = []
@@ -71,7 +72,8 @@ async def outbox_topics(hub: Hub) -> list[OutboxTopic]:
             age = (now - _aware(oldest)).total_seconds() if oldest is not None else 0.0
             found.append(OutboxTopic(name, int(depth), max(age, 0.0)))
         total = await session.scalar(select(func.count()).select_from(OutboxRecord).where(unsent))
-    found.append(OutboxTopic(OTHER_TOPIC, int(total or 0) - sum(row.depth for row in found), 0.0))
+    named = sum(row.depth for row in found)
+    found.append(OutboxTopic(OTHER_TOPIC, max(int(total or 0) - named, 0), 0.0))
     return found
 
 
