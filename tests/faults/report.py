@@ -1,4 +1,5 @@
-"""The failover report: one row per scenario, printed and written to var/failover-report.md."""
+"""The fault reports: one row per scenario, printed and written under var/ (the broker failovers
+to var/failover-report.md, the hub-level faults to var/hub-faults-report.md)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 REPORT_PATH = REPO_ROOT / "var" / "failover-report.md"
+HUB_FAULTS_REPORT_PATH = REPO_ROOT / "var" / "hub-faults-report.md"
 
 
 @dataclass
@@ -30,6 +32,9 @@ class ScenarioResult:
     longest_post: float = 0.0  # slowest POST answer, seconds
     routing_pause: float = 0.0  # longest gap between two consecutive routings
     drain_seconds: float = 0.0  # after posting stopped, until everything was routed
+    # The fault's end (hub restarted, database back, quorum back) -> the last event accepted
+    # before it routed (its notifications readable); None: not everything was routed.
+    fault_end_to_visible: float | None = None
     duration: float = 0.0  # the posting window, seconds
     timeline: list[str] = field(default_factory=list)
     details: list[str] = field(default_factory=list)
@@ -40,7 +45,7 @@ class ScenarioResult:
 HEADER = (
     "| scenario | posted | 202 | failed POST | lost | dup. notif. | wrong recip. | out-of-order "
     "| Kafka out-of-order | Kafka records / events | re-driven | POST->routed p50 | longest "
-    "| longest routing pause | drain |"
+    "| longest routing pause | drain | fault end -> all visible |"
 )
 
 
@@ -49,8 +54,13 @@ def row(r: ScenarioResult) -> str:
         f"| {r.scenario} | {r.posted} | {r.accepted} | {r.failed_posts} | {r.lost} "
         f"| {r.duplicated} | {r.wrong_recipients} | {r.out_of_order} | {r.kafka_out_of_order} "
         f"| {r.kafka_records} / {r.accepted} | {r.republished} | {r.p50_delay:.2f} s "
-        f"| {r.longest_delay:.2f} s | {r.routing_pause:.2f} s | {r.drain_seconds:.1f} s |"
+        f"| {r.longest_delay:.2f} s | {r.routing_pause:.2f} s | {r.drain_seconds:.1f} s "
+        f"| {_seconds(r.fault_end_to_visible)} |"
     )
+
+
+def _seconds(value: float | None) -> str:
+    return "never" if value is None else f"{value:.1f} s"
 
 
 def table(results: list[ScenarioResult]) -> str:
@@ -58,12 +68,17 @@ def table(results: list[ScenarioResult]) -> str:
     return "\n".join([HEADER, separator, *(row(r) for r in results)])
 
 
-def render(results: list[ScenarioResult], setup: str) -> str:
+def render(
+    results: list[ScenarioResult],
+    setup: str,
+    title: str = "Failover report",
+    source: str = "tests/faults/test_failover.py",
+) -> str:
     lines = [
-        "# Failover report",
+        f"# {title}",
         "",
         f"Generated {datetime.now(UTC).strftime('%Y-%m-%d %H:%M:%S UTC')} by "
-        "`make test-faults` (tests/faults/test_failover.py).",
+        f"`make test-faults` ({source}).",
         "",
         setup,
         "",
@@ -85,7 +100,13 @@ def render(results: list[ScenarioResult], setup: str) -> str:
     return "\n".join(lines)
 
 
-def write(results: list[ScenarioResult], setup: str) -> Path:
-    REPORT_PATH.parent.mkdir(parents=True, exist_ok=True)
-    REPORT_PATH.write_text(render(results, setup), encoding="utf-8")
-    return REPORT_PATH
+def write(
+    results: list[ScenarioResult],
+    setup: str,
+    path: Path = REPORT_PATH,
+    title: str = "Failover report",
+    source: str = "tests/faults/test_failover.py",
+) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(render(results, setup, title, source), encoding="utf-8")
+    return path
