@@ -161,12 +161,12 @@ class HubProcess:
         text = self.log_paths[-1].read_text(encoding="utf-8", errors="replace")
         return "\n".join(text.splitlines()[-lines:])
 
-    def problems(self) -> tuple[Counter[str], list[str]]:
-        """WARNING/ERROR lines by shape, and the tracebacks' last lines (what killed a task)."""
+    def problems(self) -> tuple[Counter[str], Counter[str]]:
+        """WARNING/ERROR lines by shape, and the tracebacks' last lines (what was raised)."""
         import re
 
         counts: Counter[str] = Counter()
-        tracebacks: list[str] = []
+        tracebacks: Counter[str] = Counter()
         lines = self.log_text().splitlines()
         for index, line in enumerate(lines):
             match = re.search(r" (WARNING|ERROR|CRITICAL) (\S+): (.*)", line)
@@ -179,5 +179,5 @@ class HubProcess:
                 while end < len(lines) and (lines[end].startswith(" ") or not lines[end]):
                     end += 1
                 if end < len(lines):
-                    tracebacks.append(lines[end][:300])
+                    tracebacks[lines[end][:300]] += 1
         return counts, tracebacks

