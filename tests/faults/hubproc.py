@@ -161,6 +161,13 @@ class HubProcess:
         text = self.log_paths[-1].read_text(encoding="utf-8", errors="replace")
         return "\n".join(text.splitlines()[-lines:])
 
+    def republished(self) -> int:
+        """Events the relay published again (not routed within the re-drive window)."""
+        import re
+
+        pattern = re.compile(r"relay: (\d+) event\(s\) not routed within")
+        return sum(int(m.group(1)) for m in pattern.finditer(self.log_text()))
+
     def problems(self) -> tuple[Counter[str], Counter[str]]:
         """WARNING/ERROR lines by shape, and the tracebacks' last lines (what was raised)."""
         import re

