@@ -520,8 +520,8 @@ async def database_away(ctx: Context) -> None:
     away_from = ctx.clock.now()
     ctx.clock.mark("PostgreSQL stopped")
     await ctx.clock.until(away_from + AWAY_SECONDS)
+    away_until = ctx.clock.now()  # the server accepts connections before pg_ctl returns
     await asyncio.to_thread(postgres.start)
-    away_until = ctx.clock.now()
     ctx.fault.append(f"PostgreSQL stopped (fast) for {AWAY_SECONDS:.0f} s, then started")
     ctx.ended("PostgreSQL started again")
     ctx.notes.append(f"database away from t={away_from:.1f}s to t={away_until:.1f}s")
