@@ -9,7 +9,8 @@ and Tansu keeps nothing across a restart: that is the relay's re-drive, not this
 1. The whole hub SIGKILLed with unsent rows in the outbox, and started again.
 2. PostgreSQL restarted under load (fast shutdown, started again on the same socket).
 3. PostgreSQL away for 10 s (stopped, then started): the intake must answer 503 with an
-   OperationOutcome meanwhile, and nothing answered 2xx may be lost.
+   OperationOutcome meanwhile, and nothing answered 2xx may be lost. 3b: the same 10 s with
+   every PostgreSQL process SIGSTOPped (a partition: connections stay open, nothing answers).
 4. The broker delivering records twice: every event record is published a second time while
    the stream runs, and afterwards the router's committed offsets are rewound to 0 so it
    reads everything again.
@@ -551,6 +552,34 @@ async def test_database_away_for_10_seconds(stage, hub_fault_results):
     except AssertionError as error:
         raise AssertionError(f"{error}\n{refusals}") from None
     assert not refusals, refusals
+
+
+async def database_frozen(ctx: Context) -> None:
+    postgres = EmbeddedPostgres(ctx.stage.work_dir)
+    await ctx.clock.until(6)
+    frozen = await asyncio.to_thread(postgres.freeze)
+    away_from = ctx.clock.now()
+    ctx.clock.mark(f"PostgreSQL SIGSTOPped ({frozen} processes)")
+    await ctx.clock.until(away_from + AWAY_SECONDS)
+    away_until = ctx.clock.now()
+    await asyncio.to_thread(postgres.thaw)
+    ctx.fault.append(
+        f"every PostgreSQL process SIGSTOPped for {AWAY_SECONDS:.0f} s (connections open, "
+        "nothing answers: a partition), then SIGCONT"
+    )
+    ctx.ended("PostgreSQL SIGCONT")
+    ctx.away = (away_from, away_until)
+    await asyncio.sleep(12)
+
+
+async def test_database_frozen_for_10_seconds(stage, hub_fault_results):
+    """The other way to lose the database: it stops answering without closing anything."""
+    result, ctx = await run_scenario(
+        "3b. database frozen 10 s", stage, database_frozen, hub_fault_results, 23
+    )
+    since, until = ctx.away
+    print(f"  intake answers to POSTs sent while frozen: {dict(ctx.poster.answers(since, until))}")
+    assert_clean(result, posts_may_fail=True)
 
 
 # -- 4. the broker delivering records twice -------------------------------------------------
