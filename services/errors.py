@@ -6,6 +6,7 @@ import logging
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from sqlalchemy import exc as sa_exc
 from starlette.exceptions import HTTPException
 
 from schemas.outcome import InvalidMessage, Issue, operation_outcome
@@ -60,6 +61,28 @@ def install_error_handlers(app: FastAPI) -> None:
             for item in error.errors()
         ]
         return outcome_response(400, issues)
+
+    @app.exception_handler(sa_exc.OperationalError)
+    @app.exception_handler(sa_exc.InterfaceError)
+    @app.exception_handler(sa_exc.TimeoutError)
+    @app.exception_handler(ConnectionError)
+    async def database_unavailable(_request: Request, error: Exception) -> JSONResponse:
+        # The database is away (stopped, restarting, unreachable, a SQLite lock held too long):
+        # nothing was stored, so the sender may simply retry. 503, never a 500 or a silent 2xx.
+        log.warning("database unavailable (%s); answered 503", type(error).__name__)
+        return outcome_response(
+            503,
+            [
+                Issue(
+                    "error",
+                    "transient",
+                    "データベースに一時的に接続できません。再送してください / "
+                    "the database is unavailable for a moment; nothing was stored, retry",
+                    None,
+                )
+            ],
+            {"Retry-After": "2"},
+        )
 
     @app.exception_handler(Exception)
     async def unexpected(_request: Request, error: Exception) -> JSONResponse:
