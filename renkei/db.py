@@ -81,6 +81,10 @@ def create_engine(url: str) -> AsyncEngine:
             cursor = dbapi_connection.cursor()
             cursor.execute("PRAGMA journal_mode=WAL")
             cursor.execute("PRAGMA busy_timeout=30000")
+            # In WAL mode NORMAL syncs at checkpoints, not at every commit: several processes
+            # commit without queuing on fsync. A commit survives a crash of any hub process; a
+            # power loss can undo the last few (PostgreSQL where that matters).
+            cursor.execute("PRAGMA synchronous=NORMAL")
             cursor.execute("PRAGMA foreign_keys=ON")
             cursor.close()
 
