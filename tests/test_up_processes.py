@@ -104,6 +104,10 @@ class Up:
         return Settings(data_dir=self.data_dir, kafka_bootstrap=None, database_url=None)
 
 
+def still_running(pids: set[int]) -> list[int]:
+    return [pid for pid in pids if Path(f"/proc/{pid}").exists()]
+
+
 async def answers(client: httpx.AsyncClient, path: str = "/readyz", within: float = 120) -> None:
     """Until the port answers 200 on a fresh connection (a worker may still be starting)."""
     deadline = asyncio.get_running_loop().time() + within
@@ -188,7 +192,7 @@ async def test_up_runs_workers_restarts_them_and_stops_everything(tmp_path) -> N
             await hub.stop()
     assert code == 0, up.log.read_text()[-3000:]
     assert len(seen) >= 7  # 2 http + relay + router + tansu, a second http and router
-    assert [pid for pid in seen if Path(f"/proc/{pid}").exists()] == []  # no orphans
+    assert still_running(seen) == []  # no orphans
     assert not any((up.data_dir / "wakeup").iterdir())  # relays took their sockets away
 
 
@@ -206,9 +210,7 @@ def tls_version(port: int, ca: Path, maximum: ssl.TLSVersion | None = None) -> s
 
 async def test_every_http_worker_serves_the_hubs_tls(tmp_path) -> None:
     files = make_dev_ca(tmp_path / "ca")
-    up = Up(
-        tmp_path, RENKEI_TLS_CERT=str(files["server"]), RENKEI_TLS_KEY=str(files["server_key"])
-    )
+    up = Up(tmp_path, RENKEI_TLS_CERT=str(files["server"]), RENKEI_TLS_KEY=str(files["server_key"]))
     try:
         first, second = up.wait_for("http", 2)
         async with httpx.AsyncClient(
