@@ -59,10 +59,14 @@ def http_worker_count(settings: Settings) -> int:
         return max(1, os.cpu_count() or 1)
 
 
-def bind_listener(host: str, port: int) -> socket.socket:
+def bind_listener(host: str, port: int, *, reuse_port: bool = False) -> socket.socket:
+    """The HTTP port. ``reuse_port``: for ``renkei worker http`` started several times on one
+    host (each binds; the kernel spreads connections); ``renkei up`` binds once and shares."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     listener = socket.socket(family, socket.SOCK_STREAM)
     listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if reuse_port:
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     listener.bind((host, port))
     listener.listen(2048)
     listener.set_inheritable(True)
@@ -140,21 +144,13 @@ class Supervisor:
         self._embedded = None  # deploy.tansu.EmbeddedTansu when the hub runs its own broker
         self._stopping = False
         self._listener: socket.socket | None = None
-        self._broker = None  # renkei.broker.Broker, for the topics after a Tansu restart
 
     def run(self) -> int:
         for number in (signal.SIGTERM, signal.SIGINT):
             signal.signal(number, self._stop_requested)
         try:
-            bootstrap = self._start_broker()
-            if not self._stopping:
-                asyncio.run(self._prepare(bootstrap))
-            if not self._stopping:
-                self._listener = bind_listener(self.settings.host, self.settings.port)
-                self.children = self._children(bootstrap, self._listener.fileno())
-                for child in self.children:
-                    child.start()
-                self._announce()
+            if not self._start_all():
+                return 1
             while not self._stopping:
                 time.sleep(TICK)
                 self._watch_broker()
@@ -171,6 +167,23 @@ class Supervisor:
         log.info("stopped")
         return 0
 
+    def _start_all(self) -> bool:
+        try:
+            bootstrap = self._start_broker()
+            if not self._stopping:
+                self._prepare(bootstrap)
+            if not self._stopping:
+                self._listener = bind_listener(self.settings.host, self.settings.port)
+        except (OSError, RuntimeError, TimeoutError) as error:
+            log.error("renkei up cannot start: %s", error)
+            return False
+        if not self._stopping:
+            self.children = self._children(bootstrap, self._listener.fileno())
+            for child in self.children:
+                child.start()
+            self._announce()
+        return True
+
     def _stop_requested(self, _signum: int, _frame: object) -> None:
         self._stopping = True
 
@@ -186,24 +199,18 @@ class Supervisor:
         log.info("embedded Tansu broker on %s (pid %s)", bootstrap, self._embedded.pid)
         return bootstrap
 
-    async def _prepare(self, bootstrap: str) -> None:
-        """Migrations, the region office, the first keys and the topics: once, here, so that
-        the children never race to create them."""
-        from renkei.broker import Broker
-        from renkei.hub import Hub
-        from services.auth.keys import load_ring
-
-        hub = Hub(self.settings)  # its key ring makes the first key-encryption key
-        try:
-            await hub.prepare()
-            load_ring(self.settings.keys_dir)  # the first token-signing key
-            async with hub.sessions() as session:
-                await hub.keyring.hub_key(session)  # the hub's own data key (DLQ records)
-                await session.commit()
-            self._broker = Broker(self.settings, bootstrap)
-            await self._broker.start()  # detects the engine, makes the topics
-        finally:
-            await hub.stop()
+    def _prepare(self, bootstrap: str) -> None:
+        """Migrations, the region office, the first keys and the topics: once, before the
+        children, so that they never race to create them. In a process of its own: what it
+        imports (SQLAlchemy, aiokafka) would otherwise stay in the supervisor's memory."""
+        done = subprocess.run(
+            [sys.executable, "-m", "renkei.supervisor", "prepare", bootstrap],
+            stdin=subprocess.DEVNULL,
+            preexec_fn=die_with_parent,  # noqa: PLW1509 - no threads in the supervisor
+            process_group=0,
+        )
+        if done.returncode != 0:
+            raise RuntimeError(f"preparing the hub failed (exit {done.returncode}); see above")
 
     def _children(self, bootstrap: str, listener_fd: int) -> list[Child]:
         env = dict(os.environ, RENKEI_KAFKA_BOOTSTRAP=bootstrap)
@@ -239,16 +246,15 @@ class Supervisor:
     def _watch_broker(self) -> None:
         """``make run`` should survive its broker: restart a Tansu that died, on the same port.
 
-        It comes back empty; the topics are made again here, and the relay republishes what
-        was not routed."""
+        It comes back empty: the topics are made again (the preparation is idempotent), and
+        the relay republishes what was not routed."""
         embedded = self._embedded
         if self._stopping or embedded is None or embedded.running:
             return
         log.warning("embedded broker exited; restarting it on %s", embedded.bootstrap)
         try:
             embedded.start()
-            if self._broker is not None:
-                asyncio.run(self._broker.ensure_topics())
+            self._prepare(embedded.bootstrap)
         except Exception as error:  # noqa: BLE001 - logged, tried again at the next tick
             log.error("embedded broker did not restart (%s); retrying", type(error).__name__)
 
@@ -267,3 +273,33 @@ class Supervisor:
                 log.info("%s stopped", child.name)
         for child in waiting:
             child.kill()
+
+
+async def prepare(settings: Settings, bootstrap: str) -> None:
+    """The once-only work of ``renkei up`` (``python -m renkei.supervisor prepare BOOTSTRAP``)."""
+    from renkei.broker import Broker
+    from renkei.hub import Hub
+    from services.auth.keys import load_ring
+
+    hub = Hub(settings)  # its key ring makes the first key-encryption key
+    try:
+        await hub.prepare()
+        load_ring(settings.keys_dir)  # the first token-signing key
+        async with hub.sessions() as session:
+            await hub.keyring.hub_key(session)  # the hub's own data key (DLQ records)
+            await session.commit()
+        await Broker(settings, bootstrap).start()  # detects the engine, makes the topics
+    finally:
+        await hub.stop()
+
+
+if __name__ == "__main__":
+    if len(sys.argv) != 3 or sys.argv[1] != "prepare":
+        sys.exit("usage: python -m renkei.supervisor prepare BOOTSTRAP (run by renkei up)")
+    from renkei.settings import get_settings
+
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    os.umask(0o077)
+    asyncio.run(prepare(get_settings(), sys.argv[2]))

@@ -41,12 +41,14 @@ def serve_http(settings: Settings, *, listen_fd: int | None, prepared: bool) -> 
     """One HTTP worker: the API over a hub without relay or router (uvloop, httptools).
 
     ``listen_fd``: the socket ``renkei up`` bound and shares between its workers; without it
-    the worker binds RENKEI_HOST:RENKEI_PORT itself."""
+    the worker binds RENKEI_HOST:RENKEI_PORT itself, with SO_REUSEPORT so that several
+    workers started on one host share the port."""
     import socket
 
     import uvicorn
 
     from renkei.hub import Hub
+    from renkei.supervisor import bind_listener
     from services import logs
     from services.app import create_app
 
@@ -74,10 +76,11 @@ def serve_http(settings: Settings, *, listen_fd: int | None, prepared: bool) -> 
         config.load()
         config.ssl = server_context(settings)
     logs.install()  # after uvicorn configured its loggers: no query strings in the access log
-    sockets = None
     if listen_fd is not None:
-        sockets = [socket.socket(fileno=listen_fd)]
-    uvicorn.Server(config).run(sockets=sockets)
+        listener = socket.socket(fileno=listen_fd)
+    else:
+        listener = bind_listener(settings.host, settings.port, reuse_port=True)
+    uvicorn.Server(config).run(sockets=[listener])
 
 
 def _with_database(work: Callable[[Any], Awaitable[Any]]) -> Any:

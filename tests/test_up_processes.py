@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import re
 import signal
 import socket
 import ssl
@@ -227,3 +228,19 @@ async def test_every_http_worker_serves_the_hubs_tls(tmp_path) -> None:
     finally:
         code = up.stop()
     assert code == 0, up.log.read_text()[-3000:]
+
+
+def test_up_on_a_port_in_use_says_so_and_leaves_nothing_running(tmp_path) -> None:
+    up = Up(tmp_path)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", up.port))
+        taken.listen()
+        try:
+            code = up.process.wait(timeout=120)
+        finally:
+            up.stop()
+    log = up.log.read_text()
+    assert code == 1 and "cannot start" in log
+    tansu = re.search(r"embedded Tansu broker on \S+ \(pid (\d+)\)", log)
+    assert tansu is not None and still_running({int(tansu.group(1))}) == []
+    assert "started (pid" not in log  # no worker was started
