@@ -52,6 +52,7 @@ class Up:
             RENKEI_SHUTDOWN_GRACE_SECONDS="10",
             **env,
         )
+        self.env = environment
         with open(self.log, "wb") as output:
             self.process = subprocess.Popen(
                 [sys.executable, "-m", "services.cli", "up"],
@@ -102,7 +103,8 @@ class Up:
             raise
 
     def settings(self) -> Settings:
-        return Settings(data_dir=self.data_dir, kafka_bootstrap=None, database_url=None)
+        url = self.env.get("RENKEI_DATABASE_URL")
+        return Settings(data_dir=self.data_dir, kafka_bootstrap=None, database_url=url)
 
 
 def still_running(pids: set[int]) -> list[int]:
@@ -138,8 +140,9 @@ async def each_worker_answers(up: Up, client: httpx.AsyncClient) -> None:
                 await answers(client)
 
 
-async def test_up_runs_workers_restarts_them_and_stops_everything(tmp_path) -> None:
-    up = Up(tmp_path, RENKEI_RELAY_POLL_SECONDS="30")
+async def test_up_runs_workers_restarts_them_and_stops_everything(tmp_path, database_url) -> None:
+    # Both databases (the PostgreSQL leg too): every process has a pool of its own.
+    up = Up(tmp_path, RENKEI_RELAY_POLL_SECONDS="30", RENKEI_DATABASE_URL=database_url)
     seen: set[int] = set()
     hub: Hub | None = None
     try:
@@ -147,7 +150,11 @@ async def test_up_runs_workers_restarts_them_and_stops_everything(tmp_path) -> N
         up.wait_for("router", 1)
         assert len(up.pids("tansu")) == 1
         seen |= set(up.children())
-        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{up.port}") as client:
+        # A connection of its own per request: they spread over the workers, and none is left
+        # in the pool pointing at the worker this test kills.
+        fresh = httpx.Limits(max_keepalive_connections=0)
+        base = f"http://127.0.0.1:{up.port}"
+        async with httpx.AsyncClient(base_url=base, limits=fresh) as client:
             await answers(client)
             await each_worker_answers(up, client)
             hub = Hub(up.settings())  # the test's view of the same database and keys
@@ -186,13 +193,21 @@ async def test_up_runs_workers_restarts_them_and_stops_everything(tmp_path) -> N
             seen |= set(up.children())
             await wait_routed(hub, posted, within=120)
             assert await duplicate_pairs(hub, posted) == 0
+
+            # The embedded broker killed: the supervisor starts it again, with its topics.
+            (tansu,) = up.pids("tansu")
+            os.kill(tansu, signal.SIGKILL)
+            up.wait_for("tansu", 1, without={tansu})
+            seen |= set(up.children())
+            after = await accept(hub, client, message(EventType.ADMISSION, "p04"))
+            await wait_routed(hub, [after], within=120)
     finally:
         seen |= set(up.children())
         code = up.stop()
         if hub is not None:
             await hub.stop()
     assert code == 0, up.log.read_text()[-3000:]
-    assert len(seen) >= 7  # 2 http + relay + router + tansu, a second http and router
+    assert len(seen) >= 8  # 2 http, relay, router, tansu; a second http, router and tansu
     assert still_running(seen) == []  # no orphans
     assert not any((up.data_dir / "wakeup").iterdir())  # relays took their sockets away
 
