@@ -178,7 +178,7 @@ class Supervisor:
             log.error("renkei up cannot start: %s", error)
             return False
         if not self._stopping:
-            self.children = self._children(bootstrap, self._listener.fileno())
+            self.children = self._children(bootstrap, self._listener)
             for child in self.children:
                 child.start()
             self._announce()
@@ -212,8 +212,11 @@ class Supervisor:
         if done.returncode != 0:
             raise RuntimeError(f"preparing the hub failed (exit {done.returncode}); see above")
 
-    def _children(self, bootstrap: str, listener_fd: int) -> list[Child]:
-        env = dict(os.environ, RENKEI_KAFKA_BOOTSTRAP=bootstrap)
+    def _children(self, bootstrap: str, listener: socket.socket) -> list[Child]:
+        listener_fd = listener.fileno()
+        # The port bound (RENKEI_PORT=0 picks one): the workers' links and token audience.
+        port = str(listener.getsockname()[1])
+        env = dict(os.environ, RENKEI_KAFKA_BOOTSTRAP=bootstrap, RENKEI_PORT=port)
         command = [sys.executable, "-m", "services.cli", "worker"]
         http = [
             Child(

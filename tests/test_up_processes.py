@@ -21,7 +21,9 @@ import time
 from pathlib import Path
 
 import httpx
+from sqlalchemy import func, select
 
+from producers.models import OutboxRecord
 from renkei.dev_ca import make_dev_ca
 from renkei.hub import Hub
 from renkei.kafka_probe import free_port
@@ -107,6 +109,22 @@ class Up:
         return Settings(data_dir=self.data_dir, kafka_bootstrap=None, database_url=url)
 
 
+async def wait_sent(hub: Hub, event_ids: list[str], within: float) -> None:
+    """Until every outbox row of these events (the event's, its notifications') is sent."""
+    deadline = asyncio.get_running_loop().time() + within
+    while True:
+        async with hub.sessions() as session:
+            unsent = await session.scalar(
+                select(func.count())
+                .select_from(OutboxRecord)
+                .where(OutboxRecord.event_id.in_(event_ids), OutboxRecord.sent_at.is_(None))
+            )
+        if unsent == 0:
+            return
+        assert asyncio.get_running_loop().time() < deadline, f"{unsent} outbox rows unsent"
+        await asyncio.sleep(0.05)
+
+
 def still_running(pids: set[int]) -> list[int]:
     return [pid for pid in pids if Path(f"/proc/{pid}").exists()]
 
@@ -163,9 +181,13 @@ async def test_up_runs_workers_restarts_them_and_stops_everything(tmp_path, data
             # The doorbell: with the relay's poll at 30 s, routing in seconds is its doing.
             warm = await accept(hub, client, message(EventType.ADMISSION, "p01"))
             await wait_routed(hub, [warm], within=90)
+            await wait_sent(hub, [warm], within=90)  # the relay has nothing left to do
             woken = await accept(hub, client, message(EventType.DISCHARGE, "p01"))
             await wait_routed(hub, [woken], within=10)
             assert await notification_count(hub, [woken]) == len(EXPECTED[EventType.DISCHARGE])
+            # The notification records the router wrote after the relay went idle: sent
+            # because the router rang.
+            await wait_sent(hub, [woken], within=10)
 
             # Writers in several processes at once: they wait for SQLite's lock, none fails.
             burst = await asyncio.gather(
