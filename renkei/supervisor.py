@@ -120,7 +120,12 @@ class Child:
             self.backoff = min(BACKOFF_MAX, self.backoff * 2)
         if self.restart_at is not None and now >= self.restart_at:
             self.restarts += 1
-            self.start()
+            try:
+                self.start()
+            except OSError as error:  # no fork (memory, process limit): later, not never
+                log.error("%s could not be started (%s); trying again", self.name, error)
+                self.restart_at = now + self.backoff
+                self.backoff = min(BACKOFF_MAX, self.backoff * 2)
 
     def terminate(self) -> None:
         if self.alive():
