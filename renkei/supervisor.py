@@ -208,14 +208,20 @@ class Supervisor:
         """Migrations, the region office, the first keys and the topics: once, before the
         children, so that they never race to create them. In a process of its own: what it
         imports (SQLAlchemy, aiokafka) would otherwise stay in the supervisor's memory."""
-        done = subprocess.run(
+        preparing = subprocess.Popen(
             [sys.executable, "-m", "renkei.supervisor", "prepare", bootstrap],
             stdin=subprocess.DEVNULL,
             preexec_fn=die_with_parent,  # noqa: PLW1509 - no threads in the supervisor
             process_group=0,
         )
-        if done.returncode != 0:
-            raise RuntimeError(f"preparing the hub failed (exit {done.returncode}); see above")
+        while preparing.poll() is None:
+            if self._stopping:  # Ctrl-C while, say, the database does not answer
+                preparing.terminate()
+                preparing.wait()
+                return
+            time.sleep(0.05)
+        if preparing.returncode != 0:
+            raise RuntimeError(f"preparing the hub failed (exit {preparing.returncode}); see above")
 
     def _children(self, bootstrap: str, listener: socket.socket) -> list[Child]:
         listener_fd = listener.fileno()

@@ -281,3 +281,17 @@ def test_up_on_a_port_in_use_says_so_and_leaves_nothing_running(tmp_path) -> Non
     tansu = re.search(r"embedded Tansu broker on \S+ \(pid (\d+)\)", log)
     assert tansu is not None and still_running({int(tansu.group(1))}) == []
     assert "started (pid" not in log  # no worker was started
+
+
+def test_up_stopped_while_it_prepares_leaves_nothing_running(tmp_path) -> None:
+    up = Up(tmp_path)
+    deadline = time.monotonic() + 120
+    while "embedded Tansu broker on" not in up.log.read_text():
+        assert time.monotonic() < deadline and up.process.poll() is None, up.log.read_text()
+        time.sleep(0.05)
+    code = up.stop()  # SIGTERM while the database is being prepared
+    log = up.log.read_text()
+    assert code == 0, log[-3000:]
+    tansu = re.search(r"embedded Tansu broker on \S+ \(pid (\d+)\)", log)
+    assert tansu is not None and still_running({int(tansu.group(1))}) == []
+    assert "started (pid" not in log
