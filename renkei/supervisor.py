@@ -24,6 +24,7 @@ import contextlib
 import ctypes
 import logging
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -41,6 +42,8 @@ BACKOFF_FIRST = 0.5
 BACKOFF_MAX = 10.0
 HEALTHY_AFTER = 30.0  # a child that ran this long starts again from the first backoff
 PR_SET_PDEATHSIG = 1
+METRICS_DIR = "metrics"
+MULTIPROCESS_ENV = "PROMETHEUS_MULTIPROC_DIR"  # prometheus_client's own variable
 
 
 def die_with_parent() -> None:
@@ -48,6 +51,16 @@ def die_with_parent() -> None:
     with contextlib.suppress(OSError, AttributeError):
         libc = ctypes.CDLL(None, use_errno=True)
         libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+def forget_metrics_of(pid: int) -> None:
+    """A child exited: its live gauges leave the sums (its counters stay: they happened)."""
+    directory = os.environ.get(MULTIPROCESS_ENV)
+    if directory:
+        from prometheus_client import multiprocess
+
+        with contextlib.suppress(OSError):
+            multiprocess.mark_process_dead(pid, directory)
 
 
 def http_worker_count(settings: Settings) -> int:
@@ -118,6 +131,7 @@ class Child:
             )  # fmt: skip
             self.restart_at = now + self.backoff
             self.backoff = min(BACKOFF_MAX, self.backoff * 2)
+            forget_metrics_of(self.process.pid)
         if self.restart_at is not None and now >= self.restart_at:
             self.restarts += 1
             try:
@@ -183,6 +197,7 @@ class Supervisor:
             log.error("renkei up cannot start: %s", error)
             return False
         if not self._stopping:
+            self._metrics_directory()
             self.children = self._children(bootstrap, self._listener)
             for child in self.children:
                 child.start()
@@ -222,6 +237,17 @@ class Supervisor:
             time.sleep(0.05)
         if preparing.returncode != 0:
             raise RuntimeError(f"preparing the hub failed (exit {preparing.returncode}); see above")
+
+    def _metrics_directory(self) -> None:
+        """Prometheus multiprocess mode (services/metrics): every child writes its samples to
+        files in one directory, and whichever HTTP worker answers ``GET /metrics`` adds them
+        all up. Emptied here: what an earlier run left belongs to processes that are gone.
+        (services.metrics.configure does the same; not imported: it would bring the app's
+        modules into the supervisor's memory.)"""
+        directory = Path(self.settings.data_dir).resolve() / METRICS_DIR
+        shutil.rmtree(directory, ignore_errors=True)
+        directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        os.environ[MULTIPROCESS_ENV] = str(directory)
 
     def _children(self, bootstrap: str, listener: socket.socket) -> list[Child]:
         listener_fd = listener.fileno()

@@ -29,8 +29,16 @@ from renkei.hub import Hub
 from renkei.kafka_probe import free_port
 from renkei.settings import Settings
 from schemas.events import EventType
-from tests.hubtools import accept, load_region, message, notification_count, wait_routed
+from tests.hubtools import (
+    accept,
+    headers,
+    load_region,
+    message,
+    notification_count,
+    wait_routed,
+)
 from tests.test_end_to_end import EXPECTED
+from tests.test_metrics import parse, value
 from tests.test_router_processes import duplicate_pairs
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -195,6 +203,19 @@ async def test_up_runs_workers_restarts_them_and_stops_everything(tmp_path, data
             )
             posted = [warm, woken, *burst]
             await wait_routed(hub, posted, within=90)
+
+            # /metrics adds up every process: one admission through each worker, then scrape.
+            for stopped in up.wait_for("http", 2):
+                with frozen(stopped):
+                    posted.append(await accept(hub, client, message(EventType.ADMISSION)))
+            office = headers(hub, hub.settings.region_org, "region-admin")
+            scraped = await client.get("/metrics", headers=office)
+            assert scraped.status_code == 200, scraped.text
+            accepted = value(
+                parse(scraped.text), "renkei_intake_seconds_count", event_type="admission",
+                outcome="accepted",
+            )  # fmt: skip
+            assert accepted == 1 + len(burst) + 2
 
             # An HTTP worker killed: the other answers meanwhile, the supervisor replaces it.
             doomed = up.pids("http")[0]
