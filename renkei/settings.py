@@ -77,6 +77,12 @@ class Settings(BaseSettings):
     # Access tokens of system clients (POST /oauth/token): at most an hour.
     client_token_ttl_seconds: int = Field(default=3600, gt=0, le=3600)
 
+    # `renkei up`: how many HTTP worker processes share the port (0: one per core); the relay
+    # and the router run as processes of their own beside them.
+    http_workers: int = Field(default=0, ge=0)
+    # How long a stopping `renkei up` waits for its children after SIGTERM before SIGKILL.
+    shutdown_grace_seconds: float = Field(default=10.0, gt=0)
+
     # Outbox relay: how often it polls, how long a claim lasts, and after how long an event that
     # was published but not yet routed is published again (the broker may have lost it).
     relay_poll_seconds: float = 0.2

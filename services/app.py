@@ -26,13 +26,16 @@ from services.review.views import router as review_router
 from services.throttle import Throttle, rate_limit
 
 
-def create_app(hub: Hub, *, manage_hub: bool = False) -> FastAPI:
-    """Build the app over a hub. ``manage_hub``: start and stop the hub with the app."""
+def create_app(
+    hub: Hub, *, manage_hub: bool = False, workers: bool = True, prepared: bool = False
+) -> FastAPI:
+    """Build the app over a hub. ``manage_hub``: start and stop the hub with the app (with its
+    relay and router unless ``workers`` is false; ``prepared``: see ``Hub.start``)."""
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         if manage_hub:
-            await hub.start()
+            await hub.start(workers=workers, prepared=prepared)
         try:
             yield
         finally:

@@ -8,6 +8,7 @@ import asyncio
 import json
 import logging
 import os
+import signal
 import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -17,39 +18,69 @@ from renkei.settings import Settings, get_settings
 from services.auth.service import MAX_LIFETIME_SECONDS, Role, issue_token
 
 
-def cmd_up(_args: argparse.Namespace) -> int:
-    import uvicorn
+def _logging() -> None:
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
 
-    from renkei.hub import Hub
-    from services import logs
-    from services.app import create_app
+
+def cmd_up(_args: argparse.Namespace) -> int:
+    """The supervisor: the broker (embedded unless named), HTTP workers, relay and router."""
+    from renkei.supervisor import Supervisor
 
     settings = get_settings()
     if (settings.tls_cert is None) != (settings.tls_key is None):
         # Half a TLS configuration must not quietly serve plain HTTP.
         return _refuse("HTTPS needs both RENKEI_TLS_CERT and RENKEI_TLS_KEY")
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
-    app = create_app(Hub(settings), manage_hub=True)
-    scheme = "https" if settings.tls_enabled else "http"
-    print(
-        f"Renkei Hub 連携ハブ: {scheme}://{settings.host}:{settings.port} (Ctrl-C で停止 / to stop)"
-    )
+    _logging()
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    return Supervisor(settings).run()
+
+
+def serve_http(settings: Settings, *, listen_fd: int | None, prepared: bool) -> None:
+    """One HTTP worker: the API over a hub without relay or router (uvloop, httptools).
+
+    ``listen_fd``: the socket ``renkei up`` bound and shares between its workers; without it
+    the worker binds RENKEI_HOST:RENKEI_PORT itself, with SO_REUSEPORT so that several
+    workers started on one host share the port."""
+    import socket
+
+    import uvicorn
+
+    from renkei.hub import Hub
+    from renkei.supervisor import bind_listener
+    from services import logs
+    from services.app import create_app
+
+    app = create_app(Hub(settings), manage_hub=True, workers=False, prepared=prepared)
     tls: dict[str, Any] = {}
     if settings.tls_enabled:
         tls = {"ssl_certfile": str(settings.tls_cert), "ssl_keyfile": str(settings.tls_key)}
-    config = uvicorn.Config(app, host=settings.host, port=settings.port, log_level="info", **tls)
+    config = uvicorn.Config(
+        app,
+        host=settings.host,
+        port=settings.port,
+        loop="uvloop",
+        http="httptools",
+        log_level="info",
+        # Requests still running when the supervisor stops us get this long (before its SIGKILL).
+        timeout_graceful_shutdown=max(1, int(settings.shutdown_grace_seconds) - 2),
+        **tls,
+    )
     if settings.tls_enabled:
         from renkei.tls import server_context
 
         # uvicorn has no option for the minimum version or optional client certificates:
-        # load its config, then hand it the hub's own context (renkei.tls).
+        # load its config, then hand it the hub's own context (renkei.tls). Built here, in
+        # every worker: an SSL context cannot be passed between processes.
         config.load()
         config.ssl = server_context(settings)
     logs.install()  # after uvicorn configured its loggers: no query strings in the access log
-    uvicorn.Server(config).run()
-    return 0
+    if listen_fd is not None:
+        listener = socket.socket(fileno=listen_fd)
+    else:
+        listener = bind_listener(settings.host, settings.port, reuse_port=True)
+    uvicorn.Server(config).run(sockets=[listener])
 
 
 def _with_database(work: Callable[[Any], Awaitable[Any]]) -> Any:
@@ -203,31 +234,39 @@ def cmd_dev_ca(args: argparse.Namespace) -> int:
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
-    """One worker without the HTTP surface: scale relays and routers as processes of their own."""
+    """One worker without the rest: scale HTTP, relays and routers as processes of their own."""
     from consumers.routing.router import run_router
     from producers.relay import run_relay
     from renkei.hub import Hub
 
-    if not get_settings().kafka_bootstrap:
+    settings = get_settings()
+    if not settings.kafka_bootstrap:
         print("renkei worker needs RENKEI_KAFKA_BOOTSTRAP (the hub's cluster)", file=sys.stderr)
         return 2
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    _logging()
+    if args.name == "http":
+        serve_http(settings, listen_fd=args.listen_fd, prepared=args.prepared)
+        return 0
     worker = {"relay": run_relay, "router": run_router}[args.name]
 
     async def serve() -> None:
-        hub = Hub(get_settings())
-        await hub.start(workers=False)
+        # SIGTERM (the supervisor, systemd) stops like Ctrl-C: the relay hands back its claims,
+        # the router leaves its group, so whoever takes over does not wait for them to expire.
+        task = asyncio.current_task()
+        assert task is not None
+        loop = asyncio.get_running_loop()
+        for number in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(number, task.cancel)
+        hub = Hub(settings)
         try:
+            await hub.start(workers=False, prepared=args.prepared)
             await worker(hub)
+        except asyncio.CancelledError:
+            task.uncancel()
         finally:
             await hub.stop()
 
-    try:
-        asyncio.run(serve())
-    except KeyboardInterrupt:
-        pass
+    asyncio.run(serve())
     return 0
 
 
@@ -304,7 +343,9 @@ def parser() -> argparse.ArgumentParser:
     root = argparse.ArgumentParser(prog="renkei", description="Renkei Hub 連携ハブ")
     commands = root.add_subparsers(dest="command", required=True)
 
-    up = commands.add_parser("up", help="run the whole hub in one process")
+    up = commands.add_parser(
+        "up", help="run the whole hub: broker, HTTP workers, relay and router (one command)"
+    )
     up.set_defaults(func=cmd_up)
 
     token = commands.add_parser("token", help="bearer tokens")
@@ -350,8 +391,16 @@ def parser() -> argparse.ArgumentParser:
     dev_ca.add_argument("--hosts", nargs="+", help="server names (default: localhost 127.0.0.1)")
     dev_ca.set_defaults(func=cmd_dev_ca)
 
-    worker = commands.add_parser("worker", help="run one worker (relay or router) on its own")
-    worker.add_argument("name", choices=["relay", "router"])
+    worker = commands.add_parser("worker", help="run one worker (http, relay or router) alone")
+    worker.add_argument("name", choices=["http", "relay", "router"])
+    worker.add_argument(
+        "--prepared",
+        action="store_true",
+        help="the database is migrated already (renkei up starts its workers so)",
+    )
+    worker.add_argument(
+        "--listen-fd", type=int, help="http: serve on this inherited socket (set by renkei up)"
+    )
     worker.set_defaults(func=cmd_worker)
 
     patient = commands.add_parser("patient", help="registry patients")
