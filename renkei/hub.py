@@ -88,7 +88,7 @@ class Hub:
             await session.commit()
 
     def spawn(self, name: str, worker: Worker) -> asyncio.Task[None]:
-        task = asyncio.create_task(worker(self), name=name)
+        task = asyncio.create_task(keep_running(self, name, worker), name=name)
         self._tasks.append(task)
         return task
 
@@ -113,6 +113,36 @@ class Hub:
             self._embedded = None
         self.outbox_written.close()
         await self.engine.dispose()
+
+
+async def keep_running(hub: Hub, name: str, worker: Worker, most: float = 5.0) -> None:
+    """Run a background worker until the hub stops, starting it again if it fails.
+
+    A worker handles what it expects (the broker away) itself; anything else, such as the
+    database restarting under the relay or the router, must not end it silently while the
+    intake goes on answering 202: it is logged (the type only, never data) and started again
+    after a short backoff, and its work is still in the database (claims, offsets).
+    """
+    failures = 0
+    while True:
+        started = asyncio.get_running_loop().time()
+        try:
+            await worker(hub)
+            return
+        except asyncio.CancelledError:
+            raise
+        except Exception as error:  # noqa: BLE001 - restarted, not lost
+            if asyncio.get_running_loop().time() - started > 30:
+                failures = 0  # it ran well for a while: this is a new failure
+            failures += 1
+            delay = min(most, 0.2 * 2**failures)
+            log.error(
+                "worker %s failed (%s); starting it again in %.1fs",
+                name,
+                type(error).__name__,
+                delay,
+            )
+            await asyncio.sleep(delay)
 
 
 async def _watch_embedded_broker(hub: Hub, every: float = 1.0) -> None:

@@ -237,7 +237,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
     """One worker without the rest: scale HTTP, relays and routers as processes of their own."""
     from consumers.routing.router import run_router
     from producers.relay import run_relay
-    from renkei.hub import Hub
+    from renkei.hub import Hub, keep_running
 
     settings = get_settings()
     if not settings.kafka_bootstrap:
@@ -260,7 +260,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
         hub = Hub(settings)
         try:
             await hub.start(workers=False, prepared=args.prepared)
-            await worker(hub)
+            await keep_running(hub, args.name, worker)  # a database restart is ridden out
         except asyncio.CancelledError:
             task.uncancel()
         finally:
