@@ -5,18 +5,29 @@ from __future__ import annotations
 from datetime import datetime
 
 from sqlalchemy import ForeignKey, Index, Integer, LargeBinary, String
+from sqlalchemy.engine.default import DefaultExecutionContext
 from sqlalchemy.orm import Mapped, mapped_column
 
 from renkei.db import Base, JSONDocument, UTCDateTime
+from schemas.topics import LANE_BULK, lane_of
 
 
 def encode_headers(headers: list[tuple[str, bytes]]) -> list[list[str]]:
     return [[name, value.decode()] for name, value in headers]
 
 
+def _lane_of_row(context: DefaultExecutionContext) -> str:
+    """A row written without a lane (an event row of the intake) gets its topic's lane."""
+    return lane_of(context.get_current_parameters()["topic"])
+
+
 class OutboxRecord(Base):
     __tablename__ = "outbox"
-    __table_args__ = (Index("ix_outbox_pending", "sent_at", "id"),)
+    __table_args__ = (
+        Index("ix_outbox_pending", "sent_at", "id"),
+        # The urgent relay claims only its lane's rows: a bulk backlog is never scanned for them.
+        Index("ix_outbox_lane_pending", "lane", "sent_at", "id"),
+    )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     event_id: Mapped[str] = mapped_column(String(36), ForeignKey("event.id"))
@@ -30,5 +41,7 @@ class OutboxRecord(Base):
     # A relay claims rows for a while so two relays never publish the same row at once.
     claimed_by: Mapped[str | None] = mapped_column(String(64), nullable=True)
     claimed_until: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    # urgent | bulk (schemas.topics.lane_of): which relay lane claims the row.
+    lane: Mapped[str] = mapped_column(String(8), default=_lane_of_row, server_default=LANE_BULK)
     sent_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     last_error: Mapped[str | None] = mapped_column(String(200), nullable=True)
