@@ -214,7 +214,11 @@ def cmd_worker(args: argparse.Namespace) -> int:
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    worker = {"relay": run_relay, "router": run_router}[args.name]
+    run = {"relay": run_relay, "router": run_router}[args.name]
+    lane = None if args.lane == "all" else args.lane
+
+    async def worker(hub: Hub) -> None:
+        await run(hub, lane)
 
     async def serve() -> None:
         hub = Hub(get_settings())
@@ -345,6 +349,12 @@ def parser() -> argparse.ArgumentParser:
 
     worker = commands.add_parser("worker", help="run one worker (relay or router) on its own")
     worker.add_argument("name", choices=["relay", "router"])
+    worker.add_argument(
+        "--lane",
+        choices=["all", "urgent", "bulk"],
+        default="all",
+        help="priority lane: urgent (acute change, stat), bulk (the rest) or all (both)",
+    )
     worker.set_defaults(func=cmd_worker)
 
     patient = commands.add_parser("patient", help="registry patients")
