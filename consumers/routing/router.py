@@ -20,6 +20,7 @@ from aiokafka.errors import KafkaError
 from aiokafka.structs import OffsetAndMetadata, TopicPartition
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.orm import defer
 
 from consumers.routing.service import RoutingOutcome, route_events
 from consumers.routing.table import RoutingTable, load_routing
@@ -225,7 +226,12 @@ class Router:
     async def _events(session: AsyncSession, event_ids: list[str]) -> dict[str, Event]:
         if not event_ids:
             return {}
-        rows = await session.scalars(select(Event).where(Event.id.in_(set(event_ids))))
+        # Not the sealed bundle: routing reads the event's columns only.
+        rows = await session.scalars(
+            select(Event)
+            .options(defer(Event.bundle), defer(Event.bundle_sealed))
+            .where(Event.id.in_(set(event_ids)))
+        )
         return {event.id: event for event in rows}
 
     async def _dead_letter(

@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import case, literal, update
+from sqlalchemy import case, insert, literal, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from consumers.routing.models import SuppressedDelivery
@@ -29,7 +29,7 @@ from consumers.routing.rules import (
 from consumers.routing.table import Route, RoutingTable, content_for
 from producers.models import OutboxRecord, encode_headers
 from renkei.crypto import DataKeyRef, keyring_of
-from renkei.db import UTCDateTime, insert_ignore, utcnow
+from renkei.db import UTCDateTime, insert_ignore_many, utcnow
 from schemas.envelope import notification_record_aad
 from schemas.events import CareTeamRole, EventType
 from schemas.notification_record import NotificationRecord
@@ -177,22 +177,27 @@ async def route_events(
         notifications += mine
         suppressed += withheld
         outcomes.append(RoutingOutcome(len(mine), len(withheld), already_routed=False))
-    for rows in _chunks(notifications):
+    if notifications:
         await session.execute(
-            insert_ignore(session, Notification.__table__, rows, ["event_id", "recipient"])
+            insert_ignore_many(session, Notification.__table__, ["event_id", "recipient"]),
+            notifications,
         )
-    for rows in _chunks(suppressed):
+    if suppressed:
         await session.execute(
-            insert_ignore(session, SuppressedDelivery.__table__, rows, ["event_id", "recipient"])
+            insert_ignore_many(session, SuppressedDelivery.__table__, ["event_id", "recipient"]),
+            suppressed,
         )
     by_event: dict[str, list[dict]] = {}
     for n in notifications:
         by_event.setdefault(n["event_id"], []).append(n)
+    records: list[dict] = []
     keyring = keyring_of(session)
     for event in events:
         if event.id in by_event:
             key = await keyring.patient_dek(session, event.patient_id or "")
-            session.add_all(_notification_records(session, event, by_event[event.id], key))
+            records += _notification_records(session, event, by_event[event.id], key)
+    if records:
+        await session.execute(insert(OutboxRecord), records)
     return outcomes
 
 
@@ -282,15 +287,9 @@ def _decide(
     return notifications, suppressed
 
 
-def _chunks(rows: list[dict], size: int = 500) -> Iterator[list[dict]]:
-    """Multi-row INSERTs small enough for every driver's bound-parameter limit."""
-    for start in range(0, len(rows), size):
-        yield rows[start : start + size]
-
-
 def _notification_records(
     session: AsyncSession, event: Event, notifications: list[dict], key: DataKeyRef
-) -> list[OutboxRecord]:
+) -> list[dict]:
     """One ``renkei.notification`` record per recipient, through the outbox like the events,
     sealed under the patient's data key."""
     keyring = keyring_of(session)
@@ -310,15 +309,16 @@ def _notification_records(
             break_glass=n["break_glass"],
         )
         rows.append(
-            OutboxRecord(
-                event_id=event.id,
-                topic=NOTIFICATION_TOPIC,
-                key=record.patient_key,
-                value=keyring.seal(key, record.to_bytes(), notification_record_aad(event.id)),
-                headers=encode_headers(record.headers(key.key_id)),
-                created_at=n["sent"],
+            {
+                "event_id": event.id,
+                "topic": NOTIFICATION_TOPIC,
+                "key": record.patient_key,
+                "value": keyring.seal(key, record.to_bytes(), notification_record_aad(event.id)),
+                "headers": encode_headers(record.headers(key.key_id)),
+                "created_at": n["sent"],
+                "attempts": 0,
                 # A stat notification goes out in the urgent relay lane, before any bulk.
-                lane=lane_of(NOTIFICATION_TOPIC, n["priority"]),
-            )
+                "lane": lane_of(NOTIFICATION_TOPIC, n["priority"]),
+            }
         )
     return rows

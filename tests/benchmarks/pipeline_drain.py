@@ -81,9 +81,20 @@ async def main(events: int, postgres: bool, concurrency: int) -> None:
         relay_task = asyncio.create_task(relay.run())
         relay_seconds = await _until(hub, sent, events)
         routed = select(func.count()).select_from(Event).where(Event.routed_at.is_not(None))
+        if os.environ.get("ROUTER_ALONE"):  # diagnosis: the router without a relay beside it
+            relay_task.cancel()
+        profiler = None
+        if os.environ.get("PROFILE"):
+            from pyinstrument import Profiler
+
+            profiler = Profiler(async_mode="disabled")
+            profiler.start()
         router = Router(hub.sessions, hub.broker, settings)
         router_task = asyncio.create_task(router.run())
         router_seconds = await _until(hub, routed, events)
+        if profiler is not None:
+            profiler.stop()
+            Path(os.environ["PROFILE"]).write_text(profiler.output_text(unicode=False, show_all=bool(os.environ.get("PROFILE_ALL"))))
         notified = await _count(hub, select(func.count()).select_from(Notification))
         router_task.cancel()
         relay_task.cancel()
