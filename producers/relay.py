@@ -74,6 +74,7 @@ class OutboxRelay:
         self._last_error: BaseException | None = None
         # After an outage: when to re-drive early, and which sends (before the return) count.
         self._recovery_redrive: tuple[float, datetime] | None = None
+        self._outage = False  # a send failed since the last one that got through
 
     async def run(self) -> None:
         failures = 0
@@ -85,13 +86,12 @@ class OutboxRelay:
                     await self.maybe_redrive()
                     if self._stalled():
                         raise self._last_error or KafkaConnectionError()
-                    if failures:
-                        self._recovered()
                     failures = 0  # full speed at once: no back-off left over from the outage
                     if claimed == 0:
                         await self._idle()
                 except (KafkaError, OSError) as error:
                     failures += 1
+                    self._outage = True
                     delay = min(self.settings.relay_backoff_max_seconds, 0.1 * 2**failures)
                     log.warning(
                         "relay: broker unavailable (%s); retry in %.1fs",
@@ -238,7 +238,11 @@ class OutboxRelay:
                     await (await self._send(producer, row))
                     done += 1
             self._failed_chains = 0
+            if self._outage and done:
+                self._outage = False
+                self._recovered()
         except (KafkaError, OSError) as error:
+            self._outage = True
             # A send got through before this one failed: one partition, not the whole broker.
             self._failed_chains = 1 if done else self._failed_chains + 1
             self._last_error = error

@@ -332,3 +332,47 @@ def test_lane_of_outbox_rows() -> None:
         assert lane_of(event_topic(kind)) == LANE_BULK
     assert lane_of(NOTIFICATION_TOPIC, "stat") == LANE_URGENT
     assert lane_of(NOTIFICATION_TOPIC, "urgent") == LANE_BULK
+
+
+async def test_after_the_broker_returns_unrouted_earlier_sends_are_redriven_early(
+    db_sessions,
+) -> None:
+    """The safety net's window is long (60 s); after an outage what the broker may have lost
+    goes out again at once (here: a recovery delay of 0), exactly once per recovery."""
+    from datetime import timedelta
+
+    from renkei.settings import Settings
+
+    event_id = str(uuid.uuid4())
+    async with db_sessions() as session:
+        session.add(
+            Event(id=event_id, sender_org_id="org", message_id="m", event_type="admission",
+                  status="accepted", patient_id="p", patient_key="k", accepted_at=utcnow(),
+                  bundle={}, content_sha256="0" * 64)
+        )  # fmt: skip
+        await session.flush()
+        session.add(
+            OutboxRecord(event_id=event_id, topic=event_topic(EventType.ADMISSION), key="k",
+                         headers=[], value=b"{}", created_at=utcnow(),
+                         sent_at=utcnow() - timedelta(seconds=1))
+        )  # fmt: skip
+        await session.commit()
+    settings = Settings(relay_redeliver_after_seconds=600, relay_recovery_redrive_seconds=0)
+    relay = OutboxRelay(db_sessions, None, settings)  # type: ignore[arg-type]
+
+    async def sent_at():
+        async with db_sessions() as session:
+            return await session.scalar(
+                select(OutboxRecord.sent_at).where(OutboxRecord.event_id == event_id)
+            )
+
+    assert await relay.maybe_redrive() == 0  # inside the window: the safety net waits
+    relay._recovered()  # what the relay calls on its first send after a failed one
+    assert await relay.maybe_redrive() == 1
+    assert await sent_at() is None  # claimable again: published anew
+    async with db_sessions() as session:
+        row = await session.scalar(select(OutboxRecord).where(OutboxRecord.event_id == event_id))
+        row.sent_at = utcnow() - timedelta(seconds=1)
+        await session.commit()
+    assert await relay.maybe_redrive() == 0  # once per recovery
+    assert await sent_at() is not None
