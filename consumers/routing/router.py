@@ -153,10 +153,14 @@ class Router:
         dead: list[tuple[ConsumerRecord, str]] = []
         try:
             routed = await self._route(records, dead)
-        except Exception:
+        except Exception as error:
             if len(records) == 1:
                 raise
-            log.warning("router: a batch of %d failed; routing it record by record", len(records))
+            log.warning(
+                "router: a batch of %d failed (%s); routing it record by record",
+                len(records),
+                type(error).__name__,
+            )
             self.handled -= len(records)
             for record in records:
                 await self.handle_batch([record], dlq)

@@ -197,7 +197,7 @@ async def route_events(
             key = await keyring.patient_dek(session, event.patient_id or "")
             records += _notification_records(session, event, by_event[event.id], key)
     if records:
-        await session.execute(insert(OutboxRecord), records)
+        await session.execute(insert(OutboxRecord.__table__), records)  # Core executemany
     return outcomes
 
 
