@@ -5,13 +5,20 @@ from __future__ import annotations
 from datetime import datetime
 
 from sqlalchemy import ForeignKey, Index, Integer, LargeBinary, String, text
+from sqlalchemy.engine.default import DefaultExecutionContext
 from sqlalchemy.orm import Mapped, mapped_column
 
 from renkei.db import Base, JSONDocument, UTCDateTime
+from schemas.topics import LANE_BULK, lane_of
 
 
 def encode_headers(headers: list[tuple[str, bytes]]) -> list[list[str]]:
     return [[name, value.decode()] for name, value in headers]
+
+
+def _lane_of_row(context: DefaultExecutionContext) -> str:
+    """A row written without a lane (an event row of the intake) gets its topic's lane."""
+    return lane_of(context.get_current_parameters()["topic"])
 
 
 class OutboxRecord(Base):
@@ -26,6 +33,8 @@ class OutboxRecord(Base):
             sqlite_where=text("sent_at IS NULL"),
             postgresql_where=text("sent_at IS NULL"),
         ),
+        # The urgent relay claims only its lane's rows: a bulk backlog is never scanned for them.
+        Index("ix_outbox_lane_pending", "lane", "sent_at", "id"),
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
@@ -40,5 +49,7 @@ class OutboxRecord(Base):
     # A relay claims rows for a while so two relays never publish the same row at once.
     claimed_by: Mapped[str | None] = mapped_column(String(64), nullable=True)
     claimed_until: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    # urgent | bulk (schemas.topics.lane_of): which relay lane claims the row.
+    lane: Mapped[str] = mapped_column(String(8), default=_lane_of_row, server_default=LANE_BULK)
     sent_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     last_error: Mapped[str | None] = mapped_column(String(200), nullable=True)

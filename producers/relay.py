@@ -16,7 +16,7 @@ import os
 import random
 import uuid
 from collections import defaultdict
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaConnectionError, KafkaError
@@ -27,6 +27,7 @@ from producers.models import OutboxRecord
 from renkei.broker import Broker
 from renkei.db import utcnow
 from renkei.settings import Settings
+from schemas.topics import LANES
 from services.intake.models import Event
 
 log = logging.getLogger(__name__)
@@ -49,11 +50,16 @@ class OutboxRelay:
         settings: Settings,
         relay_id: str | None = None,
         wakeup: asyncio.Event | None = None,
+        lane: str | None = None,
     ) -> None:
         self.sessions = sessions
         self.broker = broker
         self.settings = settings
-        self.relay_id = relay_id or f"relay-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+        # urgent | bulk: only that lane's rows (each lane its own loop, claim and producer, so
+        # a bulk backlog never delays an acute change); None: every row.
+        self.lane = lane
+        name = f"relay-{lane}" if lane else "relay"
+        self.relay_id = relay_id or f"{name}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         self._producer: AIOKafkaProducer | None = None
         self._last_redrive = 0.0
         self._wakeup = wakeup or asyncio.Event()
@@ -66,6 +72,9 @@ class OutboxRelay:
         self._unsent: list[int] = []
         self._failed_chains = 0  # chains failed since the last successful send
         self._last_error: BaseException | None = None
+        # After an outage: when to re-drive early, and which sends (before the return) count.
+        self._recovery_redrive: tuple[float, datetime] | None = None
+        self._outage = False  # a send failed since the last one that got through
 
     async def run(self) -> None:
         failures = 0
@@ -77,11 +86,12 @@ class OutboxRelay:
                     await self.maybe_redrive()
                     if self._stalled():
                         raise self._last_error or KafkaConnectionError()
-                    failures = 0
+                    failures = 0  # full speed at once: no back-off left over from the outage
                     if claimed == 0:
                         await self._idle()
                 except (KafkaError, OSError) as error:
                     failures += 1
+                    self._outage = True
                     delay = min(self.settings.relay_backoff_max_seconds, 0.1 * 2**failures)
                     log.warning(
                         "relay: broker unavailable (%s); retry in %.1fs",
@@ -94,6 +104,13 @@ class OutboxRelay:
             # Hand back what is not sent, so another relay need not wait for the claims to expire.
             with contextlib.suppress(Exception):
                 await self._reset_producer()
+
+    def _recovered(self) -> None:
+        """The broker is back: what it lost (Tansu restarted, an unclean failover) is published
+        again shortly, not after the whole re-drive window."""
+        delay = self.settings.relay_recovery_redrive_seconds
+        self._recovery_redrive = (asyncio.get_running_loop().time() + delay, utcnow())
+        log.info("relay: broker back; unrouted earlier sends re-driven in %.0fs", delay)
 
     def _stalled(self) -> bool:
         """Every send has failed since the last success: the broker, not one partition."""
@@ -133,7 +150,7 @@ class OutboxRelay:
         backing off; their later rows wait, so each stream stays in order."""
         now = utcnow()
         free = or_(OutboxRecord.claimed_until.is_(None), OutboxRecord.claimed_until < now)
-        pending = [OutboxRecord.sent_at.is_(None), free]
+        pending = [OutboxRecord.sent_at.is_(None), free, *self._in_lane()]
         if exclude_streams:
             pending.append(
                 (OutboxRecord.topic + STREAM_SEPARATOR + OutboxRecord.key).not_in(exclude_streams)
@@ -168,6 +185,9 @@ class OutboxRelay:
             )
             return list(rows)
 
+    def _in_lane(self) -> list:
+        return [] if self.lane is None else [OutboxRecord.lane == self.lane]
+
     async def publish_pending(self) -> int:
         """Claim rows of patients with nothing in flight and start one send chain per patient."""
         in_flight = sum(1 for task in self._chains.values() if not task.done())
@@ -190,26 +210,55 @@ class OutboxRelay:
     async def _publish_chain(
         self, producer: AIOKafkaProducer, stream: str, chain: list[OutboxRecord]
     ) -> None:
-        """One stream's rows, one after the other: a later event never overtakes an earlier one."""
-        remaining = [row.id for row in chain]
+        """One stream's rows in order: a later event never overtakes an earlier one.
+
+        With the idempotent producer (Apache Kafka) the stream's sends are pipelined: the broker
+        keeps them in order through retries (sequence numbers) and aiokafka never expires such a
+        batch, so no later record can land before an earlier one that failed. Without it (Tansu)
+        a batch can expire and fail while the next one of the partition still gets through, so
+        each send waits for the one before; streams are pipelined with each other either way.
+        """
+        done = 0
         try:
-            for row in chain:
-                headers = [(name, value.encode()) for name, value in row.headers]
-                await producer.send_and_wait(
-                    self.settings.topic(row.topic), row.value, key=row.key.encode(), headers=headers
-                )
-                self._sent.append(row.id)
-                remaining.remove(row.id)
-                self._failed_chains = 0
+            if self.broker.info.idempotent_producer:
+                futures: list[asyncio.Future] = []
+                try:
+                    for row in chain:
+                        futures.append(await self._send(producer, row))
+                    for future in futures:
+                        await future
+                        done += 1
+                finally:
+                    # What did not complete is not marked sent (sent again later: a harmless
+                    # duplicate at most); its outcome is not waited for here.
+                    for future in futures[done:]:
+                        future.add_done_callback(_outcome_ignored)
+            else:
+                for row in chain:
+                    await (await self._send(producer, row))
+                    done += 1
+            self._failed_chains = 0
+            if self._outage and done:
+                self._outage = False
+                self._recovered()
         except (KafkaError, OSError) as error:
-            self._failed_chains += 1
+            self._outage = True
+            # A send got through before this one failed: one partition, not the whole broker.
+            self._failed_chains = 1 if done else self._failed_chains + 1
             self._last_error = error
             backoff = min(self.settings.relay_backoff_max_seconds, 0.5)
             self._not_before[stream] = asyncio.get_running_loop().time() + backoff
         finally:
-            self._unsent.extend(remaining)
+            self._sent.extend(row.id for row in chain[:done])
+            self._unsent.extend(row.id for row in chain[done:])
             del self._chains[stream]
             self._wakeup.set()
+
+    async def _send(self, producer: AIOKafkaProducer, row: OutboxRecord) -> asyncio.Future:
+        headers = [(name, value.encode()) for name, value in row.headers]
+        return await producer.send(
+            self.settings.topic(row.topic), row.value, key=row.key.encode(), headers=headers
+        )
 
     async def _settle(self) -> None:
         """Record what the chains finished: sent rows marked, failed ones released to retry."""
@@ -260,30 +309,61 @@ class OutboxRelay:
             await session.commit()
 
     async def maybe_redrive(self) -> int:
-        """Publish again what was sent but not routed within the window."""
+        """Publish again what was sent but not routed within the window (the safety net), and
+        shortly after an outage what was sent before it."""
         loop = asyncio.get_running_loop()
+        if self._recovery_redrive is not None and loop.time() >= self._recovery_redrive[0]:
+            cutoff = self._recovery_redrive[1]
+            self._recovery_redrive = None
+            return await self._redrive(cutoff, "sent before the broker's return")
         window = self.settings.relay_redeliver_after_seconds
         if loop.time() - self._last_redrive < min(window / 4, 5.0):
             return 0
         self._last_redrive = loop.time()
         cutoff = utcnow() - timedelta(seconds=window)
+        return await self._redrive(cutoff, f"not routed within {window:.0f}s")
+
+    async def _redrive(self, cutoff: datetime, why: str) -> int:
         unrouted = select(Event.id).where(Event.routed_at.is_(None), Event.status == "accepted")
         async with self.sessions() as session:
             result = await session.execute(
                 update(OutboxRecord)
-                .where(and_(OutboxRecord.sent_at < cutoff, OutboxRecord.event_id.in_(unrouted)))
+                .where(
+                    and_(OutboxRecord.sent_at < cutoff, OutboxRecord.event_id.in_(unrouted)),
+                    *self._in_lane(),
+                )
                 .values(sent_at=None)
             )
             await session.commit()
         count = result.rowcount or 0
         if count:
-            log.warning(
-                "relay: %d event(s) not routed within %.0fs; publishing again", count, window
-            )
+            log.warning("relay: %d event(s) %s; publishing again", count, why)
         return count
 
 
-async def run_relay(hub) -> None:  # noqa: ANN001 - Hub, imported lazily to avoid a cycle
+def _outcome_ignored(future: asyncio.Future) -> None:
+    if not future.cancelled():
+        future.exception()
+
+
+async def run_relay(hub, lane: str | None = None) -> None:  # noqa: ANN001 - Hub (import cycle)
+    """The relay of one lane, or (``None``) of both lanes, each its own loop and producer."""
     assert hub.broker is not None
     hub.outbox_written.listen()  # the doorbell: writers in other processes wake this relay
-    await OutboxRelay(hub.sessions, hub.broker, hub.settings, wakeup=hub.outbox_written).run()
+    lanes = [lane] if lane else list(LANES)
+    # One intake wake-up for both: the intake does not know the lane of what it wrote.
+    wakeups = [asyncio.Event() for _ in lanes]
+    relays = [
+        OutboxRelay(hub.sessions, hub.broker, hub.settings, wakeup=wakeup, lane=name)
+        for name, wakeup in zip(lanes, wakeups, strict=True)
+    ]
+    await asyncio.gather(_fan_out(hub.outbox_written, wakeups), *(r.run() for r in relays))
+
+
+async def _fan_out(source: asyncio.Event, targets: list[asyncio.Event]) -> None:
+    """Pass each wake-up of the intake on to every lane's relay."""
+    while True:
+        await source.wait()
+        source.clear()
+        for target in targets:
+            target.set()

@@ -132,6 +132,14 @@ def insert_ignore(session: AsyncSession, table: Any, rows: list[dict[str, Any]],
     return insert(table).values(rows).on_conflict_do_nothing(index_elements=keys)
 
 
+def insert_ignore_many(session: AsyncSession, table: Any, keys: list[str]):
+    """``insert_ignore`` without values, for ``session.execute(statement, rows)``: one compiled
+    statement (cached) sent as an executemany, however many rows."""
+    dialect = session.bind.dialect.name if session.bind is not None else "sqlite"
+    insert = pg_insert if dialect == "postgresql" else sqlite_insert
+    return insert(table).on_conflict_do_nothing(index_elements=keys)
+
+
 async def session_scope(factory: async_sessionmaker[AsyncSession]) -> AsyncIterator[AsyncSession]:
     async with factory() as session:
         yield session

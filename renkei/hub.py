@@ -69,9 +69,12 @@ class Hub:
         if workers and self.broker is not None:
             from consumers.routing.router import run_router
             from producers.relay import run_relay
+            from schemas.topics import LANES
 
-            self.spawn("outbox-relay", run_relay)
-            self.spawn("router", run_router)
+            # Priority lanes: each lane its own relay loop and router consumer.
+            for lane in LANES:
+                self.spawn(f"outbox-relay-{lane}", lambda h, lane=lane: run_relay(h, lane))
+                self.spawn(f"router-{lane}", lambda h, lane=lane: run_router(h, lane))
 
     async def prepare(self) -> None:
         """What the first process does once: schema, file modes, the region office."""

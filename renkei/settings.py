@@ -88,9 +88,18 @@ class Settings(BaseSettings):
     relay_poll_seconds: float = 0.2
     relay_claim_seconds: float = 30.0
     relay_redeliver_after_seconds: float = 60.0
-    relay_backoff_max_seconds: float = 5.0
+    # Small on purpose: after an outage the backlog should drain at once, not after a long
+    # back-off left over from the outage (the relay and the router reset it on first success).
+    relay_backoff_max_seconds: float = 1.0
+    # After the broker returns, events sent before the outage and still not routed this long
+    # after the return are published again at once, rather than after the whole re-drive
+    # window (Tansu forgets everything on restart; an unclean failover can lose acked records).
+    relay_recovery_redrive_seconds: float = 5.0
 
     router_group_id: str = "renkei-router"
+    # Records routed per database transaction. Bounded because SQLite serializes writers: the
+    # urgent lane's transaction must never wait long behind a bulk one.
+    router_batch_records: int = Field(default=100, ge=1, le=1000)
     # Tansu answers a group join after about half the session timeout; Apache Kafka's default
     # floor (group.min.session.timeout.ms) is 6 s.
     consumer_session_timeout_ms: int = 10000

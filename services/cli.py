@@ -247,7 +247,11 @@ def cmd_worker(args: argparse.Namespace) -> int:
     if args.name == "http":
         serve_http(settings, listen_fd=args.listen_fd, prepared=args.prepared)
         return 0
-    worker = {"relay": run_relay, "router": run_router}[args.name]
+    run = {"relay": run_relay, "router": run_router}[args.name]
+    lane = None if args.lane == "all" else args.lane
+
+    async def worker(hub: Hub) -> None:
+        await run(hub, lane)
 
     async def serve() -> None:
         # SIGTERM (the supervisor, systemd) stops like Ctrl-C: the relay hands back its claims,
@@ -400,6 +404,12 @@ def parser() -> argparse.ArgumentParser:
     )
     worker.add_argument(
         "--listen-fd", type=int, help="http: serve on this inherited socket (set by renkei up)"
+    )
+    worker.add_argument(
+        "--lane",
+        choices=["all", "urgent", "bulk"],
+        default="all",
+        help="relay, router: priority lane: urgent (acute change, stat), bulk (the rest) or all",
     )
     worker.set_defaults(func=cmd_worker)
 

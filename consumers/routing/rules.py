@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime, time, timedelta
+from functools import lru_cache
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -21,6 +22,7 @@ class Member:
     reference: str  # "Organization/x" or "PractitionerRole/y"
 
 
+@lru_cache(maxsize=4096)  # the same periods are read for every event of a care team
 def _parse_instant(value: str | None, zone: ZoneInfo, end: bool) -> datetime | None:
     """FHIR date or dateTime -> aware datetime (a bare date covers the whole local day)."""
     if not value:

@@ -1,4 +1,4 @@
-"""Route one event: care team x routing table x consent -> notifications, in one transaction.
+"""Route events: care team x routing table x consent -> notifications, a batch per transaction.
 
 Idempotent by construction: notifications are unique per (event, recipient) and written with
 INSERT ... ON CONFLICT DO NOTHING, so a redelivered record creates nothing new.
@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import logging
 import uuid
-from dataclasses import dataclass
-from datetime import datetime
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import update
+from sqlalchemy import case, insert, literal, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from consumers.routing.models import SuppressedDelivery
@@ -28,11 +29,11 @@ from consumers.routing.rules import (
 from consumers.routing.table import Route, RoutingTable, content_for
 from producers.models import OutboxRecord, encode_headers
 from renkei.crypto import DataKeyRef, keyring_of
-from renkei.db import insert_ignore, utcnow
+from renkei.db import UTCDateTime, insert_ignore_many, utcnow
 from schemas.envelope import notification_record_aad
 from schemas.events import CareTeamRole, EventType
 from schemas.notification_record import NotificationRecord
-from schemas.topics import NOTIFICATION_TOPIC
+from schemas.topics import NOTIFICATION_TOPIC, lane_of
 from services.intake.models import Event
 from services.notifications.models import Notification
 from services.registry import service as registry
@@ -59,13 +60,61 @@ class RoutingOutcome:
     priorities: tuple[str, ...] = ()
 
 
-async def recipients(
-    session: AsyncSession, event: Event, table: RoutingTable, at: datetime, zone: ZoneInfo
+@dataclass
+class RoutingLookups:
+    """What routing reads from the registry, loaded once for a whole batch of events.
+
+    A batch is one transaction of a few hundred milliseconds at most, so what it reads is as
+    current as reading it event by event: a Consent changed before the batch already applies.
+    """
+
+    care_teams: dict[str, list[dict]] = field(default_factory=dict)  # patient id -> CareTeams
+    consents: dict[str, list[dict]] = field(default_factory=dict)  # patient id -> Consents
+    organizations: dict[str, str | None] = field(default_factory=dict)  # PractitionerRole id
+
+    async def load(self, session: AsyncSession, patient_ids: Iterable[str]) -> None:
+        """Care teams, consents and the teams' PractitionerRoles of these patients: 3 queries."""
+        wanted = set(patient_ids)
+        missing = sorted(wanted - set(self.care_teams))
+        if missing:
+            self.care_teams.update(await registry.care_teams_of(session, missing))
+            self.consents.update(await registry.consents_of(session, missing))
+        roles = {
+            reference.removeprefix("PractitionerRole/")
+            for patient in wanted
+            for team in self.care_teams.get(patient, [])
+            for participant in team.get("participant", [])
+            if (reference := (participant.get("member") or {}).get("reference", "")).startswith(
+                "PractitionerRole/"
+            )
+        } - set(self.organizations)
+        if roles:
+            found = await registry.read_many(session, "PractitionerRole", roles)
+            for role_id in roles:
+                self.organizations[role_id] = _organization_of_role(found.get(role_id))
+
+    def organization_of(self, reference: str) -> str | None:
+        kind, _, ident = reference.partition("/")
+        if kind == "Organization":
+            return ident
+        return self.organizations.get(ident)
+
+
+def _organization_of_role(role: registry.StoredResource | None) -> str | None:
+    if role is None:
+        log.warning("care team names an unknown PractitionerRole; skipped")
+        return None
+    org = ((role.body or {}).get("organization") or {}).get("reference", "")
+    return org.removeprefix("Organization/") if org.startswith("Organization/") else None
+
+
+def recipients(
+    event: Event, table: RoutingTable, at: datetime, zone: ZoneInfo, lookups: RoutingLookups
 ) -> list[Recipient]:
     """Who should hear of the event, before consent: one entry per recipient, highest priority."""
     event_type = EventType(event.event_type)
     row = table.get(event_type, {})
-    teams = await registry.care_teams(session, event.patient_id or "")
+    teams = lookups.care_teams.get(event.patient_id or "", [])
     chosen: dict[str, Recipient] = {}
     for member in care_team_members(teams, at, zone):
         route = row.get(member.role)
@@ -76,7 +125,7 @@ async def recipients(
             route = Route(BREAK_GLASS_PRIORITY, content_for(table, event_type, member.role))
         if route is None:
             continue
-        org_id = await _organization_of(session, member.reference)
+        org_id = lookups.organization_of(member.reference)
         if org_id is None or org_id == event.sender_org_id:
             continue  # the sender never receives its own event
         current = chosen.get(member.reference)
@@ -87,18 +136,6 @@ async def recipients(
     return sorted(chosen.values(), key=lambda r: r.reference)
 
 
-async def _organization_of(session: AsyncSession, reference: str) -> str | None:
-    kind, _, ident = reference.partition("/")
-    if kind == "Organization":
-        return ident
-    role = await registry.read(session, "PractitionerRole", ident)
-    if role is None:
-        log.warning("care team names an unknown PractitionerRole; skipped")
-        return None
-    org = ((role.body or {}).get("organization") or {}).get("reference", "")
-    return org.removeprefix("Organization/") if org.startswith("Organization/") else None
-
-
 async def route_event(
     session: AsyncSession,
     event: Event,
@@ -106,24 +143,119 @@ async def route_event(
     zone: ZoneInfo,
     consent_default: str,
 ) -> RoutingOutcome:
-    """Write the event's notifications and suppressions and mark it routed (caller commits).
+    """Route one event (caller commits); see ``route_events``."""
+    return (await route_events(session, [event], table, zone, consent_default))[0]
 
-    The event is marked routed first: that UPDATE takes the row, so when two routers get the
-    same event at once (a rebalance, a redelivery) the second finds it routed and writes nothing.
+
+async def route_events(
+    session: AsyncSession,
+    events: list[Event],
+    table: RoutingTable,
+    zone: ZoneInfo,
+    consent_default: str,
+    lookups: RoutingLookups | None = None,
+) -> list[RoutingOutcome]:
+    """Write the events' notifications and suppressions and mark them routed (caller commits).
+
+    One outcome per event, in order. The events are marked routed first, in one UPDATE that
+    takes their rows: when two routers get the same event at once (a rebalance, a redelivery)
+    the second finds it routed and writes nothing. ``routed_at`` grows strictly in the order
+    given, so it still witnesses the order of one patient's events within a batch.
     """
+    if not events:
+        return []
+    lookups = lookups or RoutingLookups()
+    await lookups.load(session, [e.patient_id or "" for e in events])
+    routed_at = _routing_times(len(events))
+    claimed = await _mark_routed(session, events, routed_at)
+    outcomes: list[RoutingOutcome] = []
+    notifications: list[dict] = []
+    suppressed: list[dict] = []
+    for event, now in zip(events, routed_at, strict=True):
+        if event.id not in claimed:
+            outcomes.append(RoutingOutcome(0, 0, already_routed=True))
+            continue
+        mine, withheld = _decide(event, table, zone, consent_default, lookups, now)
+        notifications += mine
+        suppressed += withheld
+        outcomes.append(
+            RoutingOutcome(
+                len(mine),
+                len(withheld),
+                already_routed=False,
+                priorities=tuple(n["priority"] for n in mine),
+            )
+        )
+    if notifications:
+        await session.execute(
+            insert_ignore_many(session, Notification.__table__, ["event_id", "recipient"]),
+            notifications,
+        )
+    if suppressed:
+        await session.execute(
+            insert_ignore_many(session, SuppressedDelivery.__table__, ["event_id", "recipient"]),
+            suppressed,
+        )
+    by_event: dict[str, list[dict]] = {}
+    for n in notifications:
+        by_event.setdefault(n["event_id"], []).append(n)
+    records: list[dict] = []
+    keyring = keyring_of(session)
+    for event in events:
+        if event.id in by_event:
+            key = await keyring.patient_dek(session, event.patient_id or "")
+            records += _notification_records(session, event, by_event[event.id], key)
+    if records:
+        await session.execute(insert(OutboxRecord.__table__), records)  # Core executemany
+    return outcomes
+
+
+def _routing_times(count: int) -> list[datetime]:
+    """``count`` instants from now, each after the one before (order within a batch)."""
     now = utcnow()
-    marked = await session.execute(
-        update(Event).where(Event.id == event.id, Event.routed_at.is_(None)).values(routed_at=now)
+    return [now + timedelta(microseconds=i) for i in range(count)]
+
+
+async def _mark_routed(
+    session: AsyncSession, events: list[Event], routed_at: list[datetime]
+) -> set[str]:
+    """Mark the events routed where nobody has yet; the ids this transaction marked."""
+    if len(events) == 1:
+        marked = await session.execute(
+            update(Event)
+            .where(Event.id == events[0].id, Event.routed_at.is_(None))
+            .values(routed_at=routed_at[0])
+        )
+        return {events[0].id} if marked.rowcount else set()
+    times = {
+        event.id: literal(at, UTCDateTime()) for event, at in zip(events, routed_at, strict=True)
+    }
+    result = await session.execute(
+        update(Event)
+        .where(Event.id.in_(list(times)), Event.routed_at.is_(None))
+        .values(routed_at=case(times, value=Event.id))
+        .returning(Event.id)
+        .execution_options(synchronize_session=False)
     )
-    if marked.rowcount == 0:
-        return RoutingOutcome(0, 0, already_routed=True)
+    return set(result.scalars().all())
+
+
+def _decide(
+    event: Event,
+    table: RoutingTable,
+    zone: ZoneInfo,
+    consent_default: str,
+    lookups: RoutingLookups,
+    now: datetime,
+) -> tuple[list[dict], list[dict]]:
+    """The event's notifications and suppressed deliveries (rows to insert), no I/O."""
     at = event.occurred_at or event.accepted_at
     event_type = EventType(event.event_type)
-    # Consent is read now, at routing time: a Consent changed after the event was accepted
-    # but before it is routed already applies to it.
-    consents = await registry.consents(session, event.patient_id or "")
+    # Consent is read at routing time: a Consent changed after the event was accepted but
+    # before it is routed already applies to it.
+    consents = lookups.consents.get(event.patient_id or "", [])
     notifications, suppressed = [], []
-    for recipient in await recipients(session, event, table, at, zone):
+    for recipient in recipients(event, table, at, zone, lookups):
         decision = sharing_decision(
             consent_decision(
                 consents, recipient.org_id, now, zone, consent_default, event_type,
@@ -143,7 +275,7 @@ async def route_event(
                 }
             )
             continue
-        due = due_for(EventType(event.event_type), recipient.role, recipient.priority, at, zone)
+        due = due_for(event_type, recipient.role, recipient.priority, at, zone)
         notifications.append(
             {
                 "id": str(uuid.uuid4()),
@@ -161,33 +293,12 @@ async def route_event(
                 "reason": decision.reason,
             }
         )
-    if notifications:
-        await session.execute(
-            insert_ignore(session, Notification.__table__, notifications, ["event_id", "recipient"])
-        )
-        key = await keyring_of(session).patient_dek(session, event.patient_id or "")
-        session.add_all(_notification_records(session, event, notifications, now, key))
-    if suppressed:
-        await session.execute(
-            insert_ignore(
-                session, SuppressedDelivery.__table__, suppressed, ["event_id", "recipient"]
-            )
-        )
-    return RoutingOutcome(
-        len(notifications),
-        len(suppressed),
-        already_routed=False,
-        priorities=tuple(n["priority"] for n in notifications),
-    )
+    return notifications, suppressed
 
 
 def _notification_records(
-    session: AsyncSession,
-    event: Event,
-    notifications: list[dict],
-    now: datetime,
-    key: DataKeyRef,
-) -> list[OutboxRecord]:
+    session: AsyncSession, event: Event, notifications: list[dict], key: DataKeyRef
+) -> list[dict]:
     """One ``renkei.notification`` record per recipient, through the outbox like the events,
     sealed under the patient's data key."""
     keyring = keyring_of(session)
@@ -201,19 +312,22 @@ def _notification_records(
             recipient=n["recipient"],
             care_team_role=n["care_team_role"],
             priority=n["priority"],
-            sent=now.isoformat(),
+            sent=n["sent"].isoformat(),
             due_at=n["due_at"].isoformat() if n["due_at"] else None,
             content=n["content"],
             break_glass=n["break_glass"],
         )
         rows.append(
-            OutboxRecord(
-                event_id=event.id,
-                topic=NOTIFICATION_TOPIC,
-                key=record.patient_key,
-                value=keyring.seal(key, record.to_bytes(), notification_record_aad(event.id)),
-                headers=encode_headers(record.headers(key.key_id)),
-                created_at=now,
-            )
+            {
+                "event_id": event.id,
+                "topic": NOTIFICATION_TOPIC,
+                "key": record.patient_key,
+                "value": keyring.seal(key, record.to_bytes(), notification_record_aad(event.id)),
+                "headers": encode_headers(record.headers(key.key_id)),
+                "created_at": n["sent"],
+                "attempts": 0,
+                # A stat notification goes out in the urgent relay lane, before any bulk.
+                "lane": lane_of(NOTIFICATION_TOPIC, n["priority"]),
+            }
         )
     return rows

@@ -316,6 +316,16 @@ async def consents(session: AsyncSession, patient_id: str) -> list[dict]:
     return await _bodies_referencing(session, "Consent", "patient", f"Patient/{patient_id}")
 
 
+async def care_teams_of(session: AsyncSession, patient_ids: Iterable[str]) -> dict[str, list[dict]]:
+    """``care_teams`` of several patients in one query (the router routes a batch at once)."""
+    return await _bodies_referencing_many(session, "CareTeam", "subject", patient_ids)
+
+
+async def consents_of(session: AsyncSession, patient_ids: Iterable[str]) -> dict[str, list[dict]]:
+    """``consents`` of several patients in one query."""
+    return await _bodies_referencing_many(session, "Consent", "patient", patient_ids)
+
+
 async def practitioner_role_ids(
     session: AsyncSession, org_id: str, practitioner_id: str
 ) -> list[str]:
@@ -893,6 +903,37 @@ async def _bodies_referencing(
     )
     opened = [await _opened(session, row) for row in (await session.scalars(query)).all()]
     return [resource.body for resource in opened if resource.body is not None]
+
+
+async def _bodies_referencing_many(
+    session: AsyncSession, resource_type: str, name: str, patient_ids: Iterable[str]
+) -> dict[str, list[dict]]:
+    """Patient id -> the bodies (by id) whose ``name`` reference is that patient."""
+    ids = sorted(set(patient_ids))
+    found: dict[str, list[dict]] = {i: [] for i in ids}
+    if not ids:
+        return found
+    query = (
+        select(RegistryReference.target, RegistryResource)
+        .join(
+            RegistryResource,
+            (RegistryResource.resource_type == RegistryReference.resource_type)
+            & (RegistryResource.id == RegistryReference.resource_id),
+        )
+        .where(
+            RegistryReference.resource_type == resource_type,
+            RegistryReference.name == name,
+            RegistryReference.target.in_([f"Patient/{i}" for i in ids]),
+            RegistryResource.forgotten_at.is_(None),
+        )
+        .order_by(RegistryResource.id)
+    )
+    for target, row in (await session.execute(query)).all():
+        opened = await _opened(session, row)
+        bodies = found.get(target.removeprefix("Patient/"))
+        if opened.body is not None and bodies is not None:
+            bodies.append(opened.body)
+    return found
 
 
 # --------------------------------------------------------------------------------------------
