@@ -123,9 +123,11 @@ class HubProcess:
         self.managed = spawn("hub", argv, self.env(), self.data_dir)
         wait_ready(self.managed, f"{self.base_url}/readyz")
 
-    def stop(self) -> None:
+    def stop(self, grace: float = 8.0) -> None:
+        """SIGINT, then SIGTERM after ``grace`` (uvicorn's second signal: exit now; the hub on
+        main needs 15 s to give up on its relay), then SIGKILL; leftovers (Tansu) killed."""
         if self.managed is not None:
-            self.managed.stop()
+            self.managed.stop(grace)
 
     @property
     def pid(self) -> int:
@@ -160,14 +162,15 @@ def issue_token(env: dict[str, str], org: str, role: str, practitioner: str | No
     return done.stdout.strip()
 
 
-def issue_tokens(
-    env: dict[str, str], wanted: list[tuple[str, str, str | None]], parallel: int = 6
-) -> list[str]:
-    """Several CLI tokens at once (each call is a Python start-up)."""
-    from concurrent.futures import ThreadPoolExecutor
+def issue_tokens(data_dir: Path, wanted: list[tuple[str, str, str | None]]) -> list[str]:
+    """Many tokens, signed with the hub's key as ``renkei token issue`` signs them (the same
+    function, without a Python start-up and a migration check per token: on a busy 2-core
+    machine twenty CLI calls took most of a minute per hub)."""
+    from services.auth.service import Role
+    from services.auth.service import issue_token as sign
 
-    with ThreadPoolExecutor(parallel) as pool:
-        return list(pool.map(lambda w: issue_token(env, *w), wanted))
+    keys = data_dir / "keys"
+    return [sign(keys, org, Role(role), who, ttl_seconds=7200) for org, role, who in wanted]
 
 
 class TreeSampler:

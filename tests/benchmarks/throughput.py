@@ -76,7 +76,7 @@ from tests.benchmarks.region import (
 )
 
 ROOT = Path(__file__).resolve().parents[2]
-TOKENS_PER_SENDER = 4  # distinct token ids: distinct clients for services/throttle.py
+TOKENS_PER_SENDER = 8  # distinct token ids: distinct clients for services/throttle.py
 LOAD_SENDERS = (HOSPITAL[0], SECOND_HOSPITAL[0])
 PROBE_TIMEOUT = 15.0  # seconds a probe waits to be readable before it counts as lost
 
@@ -197,8 +197,8 @@ def issue_senders(process: HubProcess, admin: str) -> Senders:
         (org, "system", None) for org in load_orgs for _ in range(TOKENS_PER_SENDER)
     ]
     wanted += [(HOSPITAL[0], "system", None), (NURSE_STATION, "system", None)]
-    wanted += [(CARE_MANAGER[0], "member", CARE_MANAGER[1])] * 2
-    tokens = issue_tokens(process.env(), wanted)
+    wanted += [(CARE_MANAGER[0], "member", CARE_MANAGER[1])] * 3
+    tokens = issue_tokens(process.data_dir, wanted)
     load = {
         org: tokens[i * TOKENS_PER_SENDER : (i + 1) * TOKENS_PER_SENDER]
         for i, org in enumerate(load_orgs)
@@ -230,7 +230,7 @@ async def live_hub(name: str, work: Path, database: Database, sampler: TreeSampl
     finally:
         await progress.close()
         sampler.unwatch(process.pid)
-        await asyncio.to_thread(process.stop)
+        await asyncio.to_thread(process.stop, kw.get("stop_grace", 8.0))
 
 
 def load_variants(senders: Senders) -> list[tools.Variant]:
@@ -733,8 +733,10 @@ async def profile_intake(plan: Plan, work: Path, database: Database, sampler: Tr
     """The hub under pyinstrument (its main process) while wrk posts at 32 connections."""
     report = work / "profile.txt"
     prefix = [sys.executable, "-m", "pyinstrument", "-r", "text", "-o", str(report)]
-    prefix += ["-p", "show_all=false", "-m", "services.cli"]
-    async with live_hub("profiled", work, database, sampler, argv_prefix=prefix) as hub:
+    prefix += ["-p", "flat", "-m", "services.cli"]  # flat: functions by their own time
+    # A long grace: pyinstrument writes its report only after the hub has shut down.
+    kw = {"argv_prefix": prefix, "stop_grace": 90.0}
+    async with live_hub("profiled", work, database, sampler, **kw) as hub:
         script = write_script(work, "profile", load_variants(hub.senders))
         await run_wrk(hub.url, script, 32, max(plan.step_seconds, 15), work / "wrk.log")
     text = report.read_text(errors="replace") if report.exists() else "(no profile written)"
@@ -742,6 +744,21 @@ async def profile_intake(plan: Plan, work: Path, database: Database, sampler: Tr
     kept.parent.mkdir(parents=True, exist_ok=True)
     kept.write_text(text)
     return {"path": str(kept), "head": text.splitlines()[:60]}
+
+
+async def profile_only(plan: Plan) -> int:
+    with tempfile.TemporaryDirectory(prefix="renkei-bench-") as tmp:
+        work = Path(tmp)
+        database = Database(plan.database, work)
+        try:
+            with TreeSampler() as sampler:
+                profile = await profile_intake(plan, work, database, sampler)
+        finally:
+            _keep_logs(work, plan.out_dir)
+            database.close()
+    print("\n".join(profile["head"]))
+    print(f"profile: {profile['path']}")
+    return 0
 
 
 # -- the table -------------------------------------------------------------------------------
@@ -886,7 +903,10 @@ async def run_all(plan: Plan) -> Run:
             f["drain"] = await backlog_drain(plan, work, database)
             if plan.profile:
                 with TreeSampler() as other:
-                    f["profile"] = await profile_intake(plan, work, database, other)
+                    try:
+                        f["profile"] = await profile_intake(plan, work, database, other)
+                    except (OSError, SystemExit, httpx.HTTPError) as error:
+                        log(f"profile failed: {error!r}")
         finally:
             _keep_logs(work, plan.out_dir)
             database.close()
@@ -939,8 +959,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--database", choices=["sqlite", "postgresql"], default="sqlite")
     parser.add_argument("--quick", action="store_true", help="shorter steps, smaller backlog")
     parser.add_argument("--profile", action="store_true", help="pyinstrument under intake load")
+    parser.add_argument("--profile-only", action="store_true", help="only the profile")
     args = parser.parse_args(argv)
     plan = Plan.from_args(args)
+    if args.profile_only:
+        return asyncio.run(profile_only(plan))
     started = time.monotonic()
     run = asyncio.run(run_all(plan))
     path = write_outputs(run, plan)
