@@ -730,20 +730,31 @@ async def _route_all(
 
 
 async def profile_intake(plan: Plan, work: Path, database: Database, sampler: TreeSampler) -> dict:
-    """The hub under pyinstrument (its main process) while wrk posts at 32 connections."""
-    report = work / "profile.txt"
-    prefix = [sys.executable, "-m", "pyinstrument", "-r", "text", "-o", str(report)]
-    prefix += ["-p", "flat", "-m", "services.cli"]  # flat: functions by their own time
-    # A long grace: pyinstrument writes its report only after the hub has shut down.
+    """The hub under pyinstrument (its main process: the event loop, not the database or
+    validation threads) while wrk posts at 32 connections; rendered as a call tree and as a
+    flat list of functions by their own time."""
+    session = work / "profile.pyisession"
+    prefix = [sys.executable, "-m", "pyinstrument", "-r", "pyisession", "-o", str(session)]
+    prefix += ["-m", "services.cli"]
+    # A long grace: pyinstrument writes its session only after the hub has shut down.
     kw = {"argv_prefix": prefix, "stop_grace": 90.0}
     async with live_hub("profiled", work, database, sampler, **kw) as hub:
         script = write_script(work, "profile", load_variants(hub.senders))
         await run_wrk(hub.url, script, 32, max(plan.step_seconds, 15), work / "wrk.log")
-    text = report.read_text(errors="replace") if report.exists() else "(no profile written)"
-    kept = ROOT / "var" / "bench" / "profile-latest.txt"
-    kept.parent.mkdir(parents=True, exist_ok=True)
-    kept.write_text(text)
-    return {"path": str(kept), "head": text.splitlines()[:60]}
+    out_dir = plan.out_dir
+    out_dir.mkdir(parents=True, exist_ok=True)
+    rendered = {}
+    for name, options in (("tree", ["-p", "processor_options.filter_threshold=0.02"]),
+                          ("flat", ["-p", "flat"])):  # fmt: skip
+        argv = [sys.executable, "-m", "pyinstrument", "--load", str(session), "-r", "text"]
+        done = await asyncio.to_thread(
+            subprocess.run, [*argv, *options], capture_output=True, text=True, check=False
+        )
+        path = out_dir / f"profile-{name}.txt"
+        path.write_text(done.stdout or done.stderr)
+        rendered[name] = path
+    head = rendered["flat"].read_text().splitlines()[:45]
+    return {"path": str(rendered["tree"]), "flat": str(rendered["flat"]), "head": head}
 
 
 async def profile_only(plan: Plan) -> int:
