@@ -5,7 +5,7 @@ STAMP := $(VENV)/.installed
 # Every dependency (runtime and dev) pinned with hashes: what was tested is what runs.
 LOCK := requirements.lock
 
-.PHONY: run test test-faults kafka lint bench clean lock
+.PHONY: run test test-faults kafka lint bench bench-latency clean lock
 
 $(STAMP): pyproject.toml $(LOCK)
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
@@ -38,5 +38,15 @@ lint: $(STAMP)
 clean:
 	rm -rf $(VENV) var .pytest_cache
 
+# The throughput benchmark (issue 13): a table and var/bench/latest.json, ~8 min on 2 cores.
+# `make bench DB=postgresql`, `make bench QUICK=1` (~3 min), `make bench PROFILE=1`;
+# DRAIN=20000 sets the backlog size. wrk (the load generator) comes from Debian's packages.
+DB ?= sqlite
 bench: $(STAMP)
+	command -v wrk >/dev/null || apt-get install -y wrk
+	$(VENV)/bin/python -m tests.benchmarks.throughput --database $(DB) \
+		$(if $(QUICK),--quick) $(if $(PROFILE),--profile)
+
+# One event at a time, POST -> the care manager's list (the earlier `make bench`).
+bench-latency: $(STAMP)
 	$(VENV)/bin/python -m tests.benchmarks.latency --events $${EVENTS:-100}
