@@ -38,7 +38,8 @@ class OutboxRecord(Base):
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
-    event_id: Mapped[str] = mapped_column(String(36), ForeignKey("event.id"))
+    # None for an audit record (services.audit.emit): its key is the record's id.
+    event_id: Mapped[str | None] = mapped_column(String(36), ForeignKey("event.id"), nullable=True)
     topic: Mapped[str] = mapped_column(String(100))
     key: Mapped[str] = mapped_column(String(64))
     value: Mapped[bytes] = mapped_column(LargeBinary)
@@ -49,7 +50,7 @@ class OutboxRecord(Base):
     # A relay claims rows for a while so two relays never publish the same row at once.
     claimed_by: Mapped[str | None] = mapped_column(String(64), nullable=True)
     claimed_until: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
-    # urgent | bulk (schemas.topics.lane_of): which relay lane claims the row.
+    # urgent | bulk | audit (schemas.topics.lane_of): which relay lane claims the row.
     lane: Mapped[str] = mapped_column(String(8), default=_lane_of_row, server_default=LANE_BULK)
     sent_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     last_error: Mapped[str | None] = mapped_column(String(200), nullable=True)

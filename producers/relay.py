@@ -27,7 +27,7 @@ from producers.models import OutboxRecord
 from renkei.broker import Broker
 from renkei.db import utcnow
 from renkei.settings import Settings
-from schemas.topics import LANES
+from schemas.topics import RELAY_LANES
 from services.intake.models import Event
 
 log = logging.getLogger(__name__)
@@ -350,7 +350,7 @@ async def run_relay(hub, lane: str | None = None) -> None:  # noqa: ANN001 - Hub
     """The relay of one lane, or (``None``) of both lanes, each its own loop and producer."""
     assert hub.broker is not None
     hub.outbox_written.listen()  # the doorbell: writers in other processes wake this relay
-    lanes = [lane] if lane else list(LANES)
+    lanes = [lane] if lane else list(RELAY_LANES)
     # One intake wake-up for both: the intake does not know the lane of what it wrote.
     wakeups = [asyncio.Event() for _ in lanes]
     relays = [

@@ -69,11 +69,13 @@ class Hub:
         if workers and self.broker is not None:
             from consumers.routing.router import run_router
             from producers.relay import run_relay
-            from schemas.topics import LANES
+            from schemas.topics import LANES, RELAY_LANES
 
-            # Priority lanes: each lane its own relay loop and router consumer.
-            for lane in LANES:
+            # Priority lanes: each lane its own relay loop and router consumer (the audit lane
+            # has a relay loop; its consumer is the audit writer).
+            for lane in RELAY_LANES:
                 self.spawn(f"outbox-relay-{lane}", lambda h, lane=lane: run_relay(h, lane))
+            for lane in LANES:
                 self.spawn(f"router-{lane}", lambda h, lane=lane: run_router(h, lane))
 
     async def prepare(self) -> None:

@@ -4,6 +4,7 @@ from consumers.routing import models as routing_models  # noqa: F401
 from producers import models as outbox_models  # noqa: F401
 from renkei import crypto as crypto_models  # noqa: F401
 from renkei.db import Base
+from services.audit import models as audit_models  # noqa: F401
 from services.auth import models as auth_models  # noqa: F401
 from services.clients import models as client_models  # noqa: F401
 from services.intake import models as intake_models  # noqa: F401

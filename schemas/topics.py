@@ -30,6 +30,10 @@ ALL_TOPICS: tuple[str, ...] = (*EVENT_TOPICS, NOTIFICATION_TOPIC, AUDIT_TOPIC, D
 LANE_URGENT = "urgent"
 LANE_BULK = "bulk"
 LANES: tuple[str, ...] = (LANE_URGENT, LANE_BULK)
+# The audit records have a relay lane of their own: a morning batch of events never holds up
+# the trail, and the trail (one record per read) never holds up an event.
+LANE_AUDIT = "audit"
+RELAY_LANES: tuple[str, ...] = (*LANES, LANE_AUDIT)
 URGENT_EVENT_TOPICS: tuple[str, ...] = (event_topic(EventType.ACUTE_CHANGE),)
 BULK_EVENT_TOPICS: tuple[str, ...] = tuple(t for t in EVENT_TOPICS if t not in URGENT_EVENT_TOPICS)
 
@@ -42,5 +46,8 @@ def event_topics_of(lane: str | None) -> tuple[str, ...]:
 
 
 def lane_of(topic: str, priority: str | None = None) -> str:
-    """The lane of an outbox row: urgent for the acute-change topic and for stat notifications."""
+    """The lane of an outbox row: urgent for the acute-change topic and for stat notifications,
+    audit for the audit records."""
+    if topic == AUDIT_TOPIC:
+        return LANE_AUDIT
     return LANE_URGENT if topic in URGENT_EVENT_TOPICS or priority == "stat" else LANE_BULK
