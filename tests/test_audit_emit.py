@@ -68,3 +68,27 @@ def test_the_canonical_form_is_stable_and_round_trips() -> None:
     assert AuditRecord.from_bytes(record.to_bytes()) == record
     assert record.to_bytes() == AuditRecord.from_bytes(record.to_bytes()).to_bytes()
     assert record.to_bytes().startswith(b'{"action":"message.refused","agent":{')
+
+
+async def test_append_chains_records_once_each_in_order(db_sessions) -> None:
+    from services.audit.chain import append, chain_head, link_hash
+    from services.audit.emit import new_record
+    from services.audit.models import GENESIS_HASH, AuditRecordRow
+
+    agent = hub_agent("region", "hub:router")
+    records = [new_record(agent, AuditAction.ROUTING_DELIVERED, patient="p1") for _ in range(3)]
+    async with db_sessions() as session:
+        await append(session, records[:2])
+        await session.commit()
+    async with db_sessions() as session:
+        added = await append(session, records)  # the first two again: stored once
+        await session.commit()
+        assert [r.id for r in added] == [records[2].id]
+        rows = (await session.scalars(select(AuditRecordRow).order_by(AuditRecordRow.seq))).all()
+        assert [r.seq for r in rows] == [1, 2, 3]
+        prev = GENESIS_HASH
+        for row, record in zip(rows, records, strict=True):
+            assert row.document == record.to_bytes() and row.prev_hash == prev
+            assert row.hash == link_hash(prev, row.document)
+            prev = row.hash
+        assert await chain_head(session) == (3, prev)
