@@ -112,6 +112,9 @@ class AuditRecord:
     outcome: AuditOutcome
     agent: AuditAgent
     patient: str | None = None  # the Patient's hub id (FHIR id), when one is concerned
+    # The organization whose data the action touched: the sender of the message that was
+    # routed, listed, read or acknowledged. Its auditor sees who accessed what it sent.
+    source_org: str | None = None
     entities: tuple[AuditEntity, ...] = field(default_factory=tuple)
     # Why it was refused or withheld, in the hub's own words (no personal data).
     reason: str | None = None
@@ -134,6 +137,8 @@ class AuditRecord:
         }
         if self.patient is not None:
             document["patient"] = self.patient
+        if self.source_org is not None:
+            document["source_org"] = self.source_org
         if self.reason is not None:
             document["reason"] = self.reason
         if self.detail:
@@ -152,6 +157,7 @@ class AuditRecord:
             outcome=AuditOutcome(document["outcome"]),
             agent=AuditAgent(**document["agent"]),
             patient=document.get("patient"),
+            source_org=document.get("source_org"),
             entities=tuple(AuditEntity(**e) for e in document.get("entities", ())),
             reason=document.get("reason"),
             detail=document.get("detail", {}),

@@ -35,6 +35,7 @@ async def test_an_emitted_record_is_one_sealed_outbox_row_committed_with_the_act
             AuditAction.ROUTING_WITHHELD,
             outcome=AuditOutcome.MINOR_FAILURE,
             patient="p1",
+            source_org="hospital-b",
             reason="consent: deny for this organization",
         )
         await session.commit()

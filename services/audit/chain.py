@@ -71,6 +71,7 @@ async def append(session: AsyncSession, records: Sequence[AuditRecord]) -> list[
                 agent_practitioner=record.agent.practitioner,
                 agent_client=record.agent.client,
                 patient_id=record.patient,
+                source_org=record.source_org,
                 entity_refs=entity_refs(record),
                 document=document,
                 prev_hash=prev,

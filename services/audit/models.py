@@ -27,6 +27,7 @@ class AuditRecordRow(Base):
     __table_args__ = (
         Index("ix_audit_record_patient_recorded", "patient_id", "recorded"),
         Index("ix_audit_record_agent_org_recorded", "agent_org", "recorded"),
+        Index("ix_audit_record_source_org_recorded", "source_org", "recorded"),
         Index("ix_audit_record_recorded", "recorded"),
         Index("ix_audit_record_action_recorded", "action", "recorded"),
     )
@@ -42,6 +43,7 @@ class AuditRecordRow(Base):
     agent_practitioner: Mapped[str | None] = mapped_column(String(64), nullable=True)
     agent_client: Mapped[str | None] = mapped_column(String(64), nullable=True)
     patient_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    source_org: Mapped[str | None] = mapped_column(String(64), nullable=True)
     # The entities' references, space-separated with a space at each end (" Bundle/e1
     # Communication/n1 "), so "entity=Communication/n1" is a LIKE on both engines.
     entity_refs: Mapped[str] = mapped_column(String(2000), default=" ")

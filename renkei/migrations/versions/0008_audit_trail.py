@@ -32,6 +32,7 @@ def upgrade() -> None:
         sa.Column("agent_practitioner", sa.String(length=64), nullable=True),
         sa.Column("agent_client", sa.String(length=64), nullable=True),
         sa.Column("patient_id", sa.String(length=64), nullable=True),
+        sa.Column("source_org", sa.String(length=64), nullable=True),
         sa.Column("entity_refs", sa.String(length=2000), nullable=False),
         sa.Column("document", sa.LargeBinary(), nullable=False),
         sa.Column("prev_hash", sa.String(length=64), nullable=False),
@@ -45,6 +46,9 @@ def upgrade() -> None:
         )
         batch_op.create_index(
             "ix_audit_record_agent_org_recorded", ["agent_org", "recorded"], unique=False
+        )
+        batch_op.create_index(
+            "ix_audit_record_source_org_recorded", ["source_org", "recorded"], unique=False
         )
         batch_op.create_index("ix_audit_record_recorded", ["recorded"], unique=False)
         batch_op.create_index(
