@@ -175,7 +175,9 @@ class OutboxRelay:
             .scalar_subquery()
         )
         async with self.sessions() as session:
-            claimed_ids = (
+            # The claimed rows come back whole from the UPDATE (one round trip, not two), in no
+            # particular order: sorted here, each stream's rows in the order they were written.
+            claimed = (
                 await session.scalars(
                     update(OutboxRecord)
                     # Re-checked under the row lock, so a row two relays both chose goes to one.
@@ -184,18 +186,12 @@ class OutboxRelay:
                         claimed_by=self.relay_id,
                         claimed_until=now + timedelta(seconds=self.settings.relay_claim_seconds),
                     )
-                    .returning(OutboxRecord.id)
+                    .returning(OutboxRecord)
+                    .execution_options(synchronize_session=False)
                 )
             ).all()
             await session.commit()
-            if not claimed_ids:
-                return []
-            rows = await session.scalars(
-                select(OutboxRecord)
-                .where(OutboxRecord.id.in_(claimed_ids))
-                .order_by(OutboxRecord.id)
-            )
-            return list(rows)
+            return sorted(claimed, key=lambda row: row.id)
 
     def _in_lane(self) -> list:
         return [] if self.lane is None else [OutboxRecord.lane == self.lane]
