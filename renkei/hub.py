@@ -77,6 +77,14 @@ class Hub:
                 self.spawn(f"outbox-relay-{lane}", lambda h, lane=lane: run_relay(h, lane))
             for lane in LANES:
                 self.spawn(f"router-{lane}", lambda h, lane=lane: run_router(h, lane))
+            self.spawn_escalation()
+
+    def spawn_escalation(self) -> None:
+        """The escalation timer loop, beside the routers that start its timers (every router
+        process runs one; a step is claimed in the database, so it fires once)."""
+        from services.escalation.timer import run_escalation
+
+        self.spawn("escalation-timer", run_escalation)
 
     async def prepare(self) -> None:
         """What the first process does once: schema, file modes, the region office."""

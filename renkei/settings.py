@@ -111,6 +111,12 @@ class Settings(BaseSettings):
     # Opt-in (Japanese default): no active Consent, no sharing. A region may choose opt-out.
     # Anything else is refused at start rather than read as opt-in.
     consent_default: Literal["opt-in", "opt-out"] = "opt-in"
+    # Escalation (主治医・副主治医制): a stat acute change nobody has acknowledged after this many
+    # minutes goes to the backup physician, after as many more to the care team's emergency
+    # hospital, then to the region office (services/escalation). 0 turns escalation off.
+    escalation_window_minutes: float = Field(default=10.0, ge=0)
+    # How often the escalation timer looks for due steps (the lateness of a step at most).
+    escalation_poll_seconds: float = Field(default=5.0, gt=0)
     # Japan Standard Time: due dates ("by the end of the next day") are local dates.
     timezone: str = "Asia/Tokyo"
 

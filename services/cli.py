@@ -233,6 +233,12 @@ def cmd_dev_ca(args: argparse.Namespace) -> int:
     return 0
 
 
+async def _run_escalation(hub, _lane: str | None) -> None:  # noqa: ANN001 - Hub
+    from services.escalation.timer import run_escalation
+
+    await run_escalation(hub)
+
+
 def cmd_worker(args: argparse.Namespace) -> int:
     """One worker without the rest: scale HTTP, relays and routers as processes of their own."""
     from consumers.routing.router import run_router
@@ -247,7 +253,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
     if args.name == "http":
         serve_http(settings, listen_fd=args.listen_fd, prepared=args.prepared)
         return 0
-    run = {"relay": run_relay, "router": run_router}[args.name]
+    run = {"relay": run_relay, "router": run_router, "escalation": _run_escalation}[args.name]
     lane = None if args.lane == "all" else args.lane
 
     async def worker(hub: Hub) -> None:
@@ -264,6 +270,10 @@ def cmd_worker(args: argparse.Namespace) -> int:
         hub = Hub(settings)
         try:
             await hub.start(workers=False, prepared=args.prepared)
+            if args.name == "router":
+                # Escalation timers are started by the router: the router process fires them
+                # too (several router processes: each step still fires once).
+                hub.spawn_escalation()
             await keep_running(hub, args.name, worker)  # a database restart is ridden out
         except asyncio.CancelledError:
             task.uncancel()
@@ -395,8 +405,10 @@ def parser() -> argparse.ArgumentParser:
     dev_ca.add_argument("--hosts", nargs="+", help="server names (default: localhost 127.0.0.1)")
     dev_ca.set_defaults(func=cmd_dev_ca)
 
-    worker = commands.add_parser("worker", help="run one worker (http, relay or router) alone")
-    worker.add_argument("name", choices=["http", "relay", "router"])
+    worker = commands.add_parser(
+        "worker", help="run one worker (http, relay, router or escalation) alone"
+    )
+    worker.add_argument("name", choices=["http", "relay", "router", "escalation"])
     worker.add_argument(
         "--prepared",
         action="store_true",

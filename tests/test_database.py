@@ -116,7 +116,7 @@ async def test_notification_writes_are_idempotent(db_sessions) -> None:
                 session,
                 Notification.__table__,
                 [{**row, "id": str(uuid.uuid4())}],
-                ["event_id", "recipient"],
+                ["event_id", "recipient", "escalation_step"],
             )
             await session.execute(statement)
             await session.commit()

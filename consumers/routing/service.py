@@ -34,6 +34,7 @@ from schemas.envelope import notification_record_aad
 from schemas.events import CareTeamRole, EventType
 from schemas.notification_record import NotificationRecord
 from schemas.topics import NOTIFICATION_TOPIC, lane_of
+from services.escalation.service import start_escalations
 from services.intake.models import Event
 from services.notifications.models import Notification
 from services.registry import service as registry
@@ -154,6 +155,7 @@ async def route_events(
     zone: ZoneInfo,
     consent_default: str,
     lookups: RoutingLookups | None = None,
+    escalation_window: timedelta | None = None,
 ) -> list[RoutingOutcome]:
     """Write the events' notifications and suppressions and mark them routed (caller commits).
 
@@ -161,6 +163,9 @@ async def route_events(
     takes their rows: when two routers get the same event at once (a rebalance, a redelivery)
     the second finds it routed and writes nothing. ``routed_at`` grows strictly in the order
     given, so it still witnesses the order of one patient's events within a batch.
+
+    ``escalation_window``: each acute change given a stat notification gets its escalation
+    timer in this same transaction (services/escalation), due after the window; None: none.
     """
     if not events:
         return []
@@ -188,7 +193,9 @@ async def route_events(
         )
     if notifications:
         await session.execute(
-            insert_ignore_many(session, Notification.__table__, ["event_id", "recipient"]),
+            insert_ignore_many(
+                session, Notification.__table__, ["event_id", "recipient", "escalation_step"]
+            ),
             notifications,
         )
     if suppressed:
@@ -207,6 +214,8 @@ async def route_events(
             records += _notification_records(session, event, by_event[event.id], key)
     if records:
         await session.execute(insert(OutboxRecord.__table__), records)  # Core executemany
+    if escalation_window is not None:
+        await start_escalations(session, notifications, escalation_window)
     return outcomes
 
 
@@ -316,6 +325,8 @@ def _notification_records(
             due_at=n["due_at"].isoformat() if n["due_at"] else None,
             content=n["content"],
             break_glass=n["break_glass"],
+            escalation_step=n.get("escalation_step", 0),
+            escalation_of=n.get("escalation_of"),
         )
         rows.append(
             {
