@@ -1,7 +1,7 @@
 """escalation: timers of unanswered stat acute changes, and escalation steps as notifications
 
 Revision ID: 0011
-Revises: 0008
+Revises: 0009
 
 A notification row gains its escalation step (0: routed) and the notification it continues;
 an escalation step may notify a recipient the router already notified of the same event, so
@@ -12,7 +12,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "0011"
-down_revision = "0008"
+down_revision = "0009"
 branch_labels = None
 depends_on = None
 
