@@ -71,6 +71,11 @@ class OutboxRelay:
         self._not_before: dict[str, float] = {}  # stream -> loop time of its next try
         self._sent: list[int] = []
         self._unsent: list[int] = []
+        # Rows claimed and not settled yet: their claims are renewed while they are in flight,
+        # so a claim can be short (a killed relay's rows come back within seconds) and still
+        # never run out under a relay that is alive but slow.
+        self._held: set[int] = set()
+        self._last_renewal = 0.0
         self._failed_chains = 0  # chains failed since the last successful send
         self._last_error: BaseException | None = None
         # After an outage: when to re-drive early, and which sends (before the return) count.
@@ -84,6 +89,7 @@ class OutboxRelay:
                 try:
                     claimed = await self.publish_pending()
                     await self._settle()
+                    await self._renew_claims()
                     await self.maybe_redrive()
                     if self._stalled():
                         raise self._last_error or KafkaConnectionError()
@@ -191,6 +197,7 @@ class OutboxRelay:
                 )
             ).all()
             await session.commit()
+            self._held.update(row.id for row in claimed)
             return sorted(claimed, key=lambda row: row.id)
 
     def _in_lane(self) -> list:
@@ -272,8 +279,33 @@ class OutboxRelay:
         """Record what the chains finished: sent rows marked, failed ones released to retry."""
         sent, self._sent = self._sent, []
         unsent, self._unsent = self._unsent, []
+        # No longer renewed, whatever happens next: if marking fails (the database away) the
+        # claims run out and the rows are sent again (a duplicate the router drops), never stuck.
+        self._held.difference_update(sent)
+        self._held.difference_update(unsent)
         await self._mark_sent(sent)
         await self._release(unsent)
+
+    async def _renew_claims(self) -> None:
+        """Extend the claims of the rows in flight, a third of a claim's length at a time."""
+        claim = self.settings.relay_claim_seconds
+        now = asyncio.get_running_loop().time()
+        if not self._held or now - self._last_renewal < claim / 3:
+            return
+        self._last_renewal = now
+        held = sorted(self._held)
+        async with self.sessions() as session:
+            for start in range(0, len(held), 500):
+                await session.execute(
+                    update(OutboxRecord)
+                    .where(
+                        OutboxRecord.id.in_(held[start : start + 500]),
+                        OutboxRecord.claimed_by == self.relay_id,
+                        OutboxRecord.sent_at.is_(None),
+                    )
+                    .values(claimed_until=utcnow() + timedelta(seconds=claim))
+                )
+            await session.commit()
 
     async def _reset_producer(self) -> None:
         """After a broker-wide failure: end the chains, settle them, start over."""

@@ -86,7 +86,9 @@ class Settings(BaseSettings):
     # Outbox relay: how often it polls, how long a claim lasts, and after how long an event that
     # was published but not yet routed is published again (the broker may have lost it).
     relay_poll_seconds: float = 0.2
-    relay_claim_seconds: float = 30.0
+    # Renewed while the rows are in flight: short, so a killed relay's rows (and the later rows
+    # of their streams, which wait for them) come back within seconds.
+    relay_claim_seconds: float = 9.0
     relay_redeliver_after_seconds: float = 60.0
     # Small on purpose: after an outage the backlog should drain at once, not after a long
     # back-off left over from the outage (the relay and the router reset it on first success).
