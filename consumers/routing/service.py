@@ -180,6 +180,9 @@ async def route_events(
         if event.id not in claimed:
             outcomes.append(RoutingOutcome(0, 0, already_routed=True))
             continue
+        # Once per event even when the batch holds it twice (a record the broker delivered
+        # twice lands next to itself): the second is already routed, by this transaction.
+        claimed.discard(event.id)
         mine, withheld = _decide(event, table, zone, consent_default, lookups, now)
         notifications += mine
         suppressed += withheld
@@ -208,7 +211,7 @@ async def route_events(
         by_event.setdefault(n["event_id"], []).append(n)
     records: list[dict] = []
     keyring = keyring_of(session)
-    for event in events:
+    for event in {e.id: e for e in events}.values():
         if event.id in by_event:
             key = await keyring.patient_dek(session, event.patient_id or "")
             records += _notification_records(session, event, by_event[event.id], key)
