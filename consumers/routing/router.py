@@ -224,6 +224,7 @@ class Router:
                 self.table,
                 self.zone,
                 self.settings.consent_default,
+                region_org=self.settings.region_org,
             )
             await session.commit()
         return [(r.event, outcome) for r, outcome in zip(routable, outcomes, strict=True)]

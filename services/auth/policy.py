@@ -207,13 +207,13 @@ async def patient_scope(
     patients = set()
     for team in teams:
         if any(m.reference in references for m in care_team_members([team], now, zone)):
-            patient = _patient_of("CareTeam", team)
+            patient = patient_of("CareTeam", team)
             if patient:
                 patients.add(patient)
     return PatientScope(False, frozenset(patients))
 
 
-def _patient_of(resource_type: str, body: dict | None) -> str | None:
+def patient_of(resource_type: str, body: dict | None) -> str | None:
     """The registry Patient id a patient-data resource is about (None once forgotten: only
     the region office then learns that it existed, as 410)."""
     if not body:
@@ -229,7 +229,7 @@ def may_read(scope: PatientScope, resource_type: str, body: dict | None) -> bool
     """Whether a registry resource is visible in ``scope`` (directory types always are)."""
     if resource_type in DIRECTORY_TYPES:
         return True
-    return scope.allows(_patient_of(resource_type, body))
+    return scope.allows(patient_of(resource_type, body))
 
 
 def patient_filter(scope: PatientScope, resource_type: str) -> Iterable[str] | None:

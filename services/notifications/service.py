@@ -114,15 +114,16 @@ def _who(principal: Principal) -> str:
 
 
 async def mark_read(session: AsyncSession, principal: Principal, notification_id: str):
+    """The 既読 receipt (the caller commits it, with its audit record)."""
     notification, event = await get(session, principal, notification_id)
     if notification.read_at is None:
         notification.read_at = utcnow()
         notification.read_by = _who(principal)
-        await session.commit()
     return notification, event
 
 
 async def acknowledge(session: AsyncSession, principal: Principal, notification_id: str):
+    """The 対応済 receipt (the caller commits it, with its audit record)."""
     notification, event = await get(session, principal, notification_id)
     if notification.acknowledged_at is None:
         now = utcnow()
@@ -130,7 +131,6 @@ async def acknowledge(session: AsyncSession, principal: Principal, notification_
         notification.read_by = notification.read_by or _who(principal)
         notification.acknowledged_at = now
         notification.acknowledged_by = _who(principal)
-        await session.commit()
     return notification, event
 
 
