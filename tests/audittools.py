@@ -30,7 +30,9 @@ async def audit_records(
         ).all()
         keyring = keyring_of(session)
         records = [
-            AuditRecord.from_bytes(await keyring.open(session, row.value, audit_record_aad(row.key)))
+            AuditRecord.from_bytes(
+                await keyring.open(session, row.value, audit_record_aad(row.key))
+            )
             for row in rows
         ]
     return [r for r in records if action is None or r.action == action]
