@@ -25,7 +25,15 @@ from services.demo_region import PATIENTS
 from services.intake.models import Event
 from services.notifications.models import Notification
 from tests.audittools import audit_records, only_record, record_count
-from tests.hubtools import HOSPITAL, accept, headers, load_region, message
+from tests.hubtools import (
+    HOSPITAL,
+    accept,
+    load_region,
+    message,
+    notifications_of,
+    suppressed_of,
+    wait_routed,
+)
 from tests.test_cli import run_cli
 from tests.test_clients import ask, assertion, ec_key, register, token_url
 from tests.test_consent_end_to_end import REASON, day_service_knows, emergency
@@ -538,4 +546,22 @@ async def test_every_record_has_a_fresh_id(api) -> None:
         await accept(hub, api.client, message(EventType.ADMISSION, "p01", f"mh-{uuid.uuid4()}"))
     ids = [r.id for r in await audit_records(hub.sessions)]
     assert len(ids) == len(set(ids)) == 3
-    assert headers  # the hub's helper for senders (used by accept)
+
+
+async def test_the_router_records_its_decisions_in_its_batch(live_api) -> None:
+    """The real router (broker, relay, router): one decision record per recipient, its agent
+    the region office's hub:router."""
+    hub = live_api.hub
+    await load_region(hub)
+    event_id = await accept(hub, live_api.client, message(EventType.ADMISSION, "p02"))
+    await wait_routed(hub, [event_id])
+    decisions = [
+        r
+        for r in await audit_records(hub.sessions)
+        if r.action in (AuditAction.ROUTING_DELIVERED, AuditAction.ROUTING_WITHHELD)
+    ]
+    notified = await notifications_of(hub, event_id)
+    withheld = await suppressed_of(hub, event_id)
+    assert len(decisions) == len(notified) + len(withheld) > 0
+    assert {r.detail["recipient"] for r in decisions} == set(notified) | set(withheld)
+    assert all(r.agent == AuditAgent(REGION, "system", client="hub:router") for r in decisions)
