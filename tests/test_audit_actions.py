@@ -565,3 +565,22 @@ async def test_the_router_records_its_decisions_in_its_batch(live_api) -> None:
     assert len(decisions) == len(notified) + len(withheld) > 0
     assert {r.detail["recipient"] for r in decisions} == set(notified) | set(withheld)
     assert all(r.agent == AuditAgent(REGION, "system", client="hub:router") for r in decisions)
+
+
+async def test_a_caller_the_route_rules_refuse_is_recorded(api) -> None:
+    hub = api.hub
+    await load_region(hub)
+    auditor, jti = bearer(hub, HOSPITAL, "auditor")
+    bundle = message(EventType.ADMISSION, "p01")
+    posted = await api.client.post("/fhir/$process-message", json=bundle, headers=auditor)
+    assert posted.status_code == 403
+    record = await only_record(hub.sessions, AuditAction.MESSAGE_REFUSED)
+    assert (record.agent.role, record.agent.token, record.source_org) == ("auditor", jti, HOSPITAL)
+    assert record.reason.startswith("this needs the role")
+    assert record.detail["route"] == "POST /fhir/$process-message"
+    member, _ = bearer(hub, PHARMACY)
+    assert (await api.client.get("/admin/break-glass", headers=member)).status_code == 403
+    refused = await only_record(hub.sessions, AuditAction.ACCESS_REFUSED)
+    assert refused.agent.org == PHARMACY and refused.outcome == AuditOutcome.MINOR_FAILURE
+    assert refused.detail["route"] == "GET /admin/break-glass"
+    assert len(await audit_records(hub.sessions)) == 2

@@ -127,3 +127,22 @@ async def signin_failed(request: Request, check: str) -> None:
         detail={"route": getattr(request.scope.get("route"), "path", None)},
     )
     await emit_alone(state.hub.sessions, record)
+
+
+# The route whose refusals are message.refused (the others are access.refused).
+PROCESS_MESSAGE = "/fhir/$process-message"
+
+
+async def access_refused(request: Request, principal: Principal, route: str, reason: str) -> None:
+    """A signed-in caller the route rules refused (role, scope, region office only)."""
+    action = AuditAction.MESSAGE_REFUSED if route == PROCESS_MESSAGE else AuditAction.ACCESS_REFUSED
+    record = request_record(
+        request,
+        principal,
+        action,
+        outcome=AuditOutcome.MINOR_FAILURE,
+        source_org=principal.org_id if action == AuditAction.MESSAGE_REFUSED else None,
+        reason=reason,
+        detail={"route": f"{request.method} {route}", "status": 403},
+    )
+    await emit_alone(request.app.state.hub.sessions, record)

@@ -32,6 +32,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from consumers.routing.rules import care_team_members
 from renkei.db import utcnow
 from renkei.settings import Settings
+from services.audit.context import access_refused
 from services.auth.dependencies import current_principal
 from services.auth.service import Principal, Role
 from services.clients import scopes
@@ -151,6 +152,17 @@ async def authorize(request: Request) -> Principal | None:
     if rule.roles is None:
         return None
     principal = await current_principal(request)
+    try:
+        _check_rule(request, rule, principal)
+    except FhirError as error:
+        # A signed-in caller refused by the rules: recorded (alone), then answered.
+        await access_refused(request, principal, route.path, error.issues[0].diagnostics)
+        raise
+    return principal
+
+
+def _check_rule(request: Request, rule: Rule, principal: Principal) -> None:
+    assert rule.roles is not None
     settings: Settings = request.app.state.hub.settings
     if principal.role == Role.REGION_ADMIN and principal.org_id != settings.region_org:
         raise FhirError(403, "forbidden", "region-admin belongs to the region office only")
@@ -163,7 +175,6 @@ async def authorize(request: Request) -> Principal | None:
         # A client's token does what it was granted, never more, even where its role could.
         needed = f"system/{rule.scope[0]}.{rule.scope[1]}" if rule.scope else "a scope"
         raise FhirError(403, "forbidden", f"the token's scopes do not include {needed}")
-    return principal
 
 
 async def caller(principal: Principal | None = Depends(authorize)) -> Principal:
