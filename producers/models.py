@@ -35,12 +35,10 @@ class OutboxRecord(Base):
         ),
         # The urgent relay claims only its lane's rows: a bulk backlog is never scanned for them.
         Index("ix_outbox_lane_pending", "lane", "sent_at", "id"),
-        # The claim's check for an earlier unsent row of the same stream held by another relay.
+        # The claim's look at the rows other relays hold (unsent and claimed: a few at most).
         Index(
-            "ix_outbox_unsent_stream",
-            "key",
-            "topic",
-            "id",
+            "ix_outbox_unsent_claimed",
+            "claimed_until",
             sqlite_where=text("sent_at IS NULL"),
             postgresql_where=text("sent_at IS NULL"),
         ),

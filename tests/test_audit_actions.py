@@ -306,6 +306,27 @@ async def test_the_inbox_records_listing_reading_and_acknowledging(api) -> None:
 # -- the registry ---------------------------------------------------------------------------
 
 
+async def test_a_page_of_several_patients_is_one_record_per_patient(api) -> None:
+    """IHE BALP: a query that returned several patients is one AuditEvent per patient, so
+    "who saw patient X" (GET /fhir/AuditEvent?patient=X) finds every page that showed X."""
+    hub = api.hub
+    await load_region(hub)
+    admin, _ = bearer(hub, REGION, "region-admin")
+    before = await record_count(hub.sessions)
+    found = await api.client.get("/fhir/Patient", params={"_count": "3"}, headers=admin)
+    assert found.status_code == 200
+    shown = [e["resource"]["id"] for e in found.json()["entry"]]
+    assert len(shown) == 3
+    records = (await audit_records(hub.sessions, AuditAction.PATIENT_QUERY))
+    assert await record_count(hub.sessions) - before == 3 == len(records)
+    assert sorted(r.patient for r in records) == sorted(shown)
+    for r in records:
+        assert r.entities == (
+            AuditEntity("Patient", role="24", query="_count"),
+            AuditEntity(f"Patient/{r.patient}", role="1"),
+        )
+
+
 async def test_patient_reads_and_searches_are_recorded_without_values(api) -> None:
     hub = api.hub
     await load_region(hub)

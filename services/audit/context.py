@@ -11,6 +11,7 @@ signin.failed record per caller address per second (``SigninFailures``).
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -18,7 +19,7 @@ from fastapi import Request
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from renkei.db import utcnow
-from schemas.audit import AuditAction, AuditAgent, AuditOutcome, AuditRecord
+from schemas.audit import AuditAction, AuditAgent, AuditEntity, AuditOutcome, AuditRecord
 from services.audit.emit import emit_records, new_record, principal_agent
 from services.auth.service import Principal
 
@@ -79,6 +80,57 @@ async def audit_request(
     record = request_record(request, principal, action, **fields)
     await emit_records(session, [record])
     return record
+
+
+@dataclass(frozen=True)
+class Hit:
+    """One thing a search or list showed: its entity, its patient and whose data it is."""
+
+    entity: AuditEntity
+    patient: str | None = None
+    source_org: str | None = None
+
+
+async def audit_query(
+    session: AsyncSession,
+    request: Request,
+    principal: Principal,
+    action: AuditAction,
+    query: AuditEntity,
+    hits: list[Hit],
+    detail: dict[str, Any] | None = None,
+) -> None:
+    """A page of results shown to the caller: one record per patient and sender on the page
+    (IHE BALP asks one AuditEvent per patient of a query), so ``GET /fhir/AuditEvent?patient=X``
+    finds every page that showed X and each sender's auditor sees who listed its data. A page
+    about nobody in particular (empty, or no patient known) is one record."""
+    groups: dict[tuple[str | None, str | None], list[AuditEntity]] = {}
+    for hit in hits:
+        groups.setdefault((hit.patient, hit.source_org), []).append(hit.entity)
+    records = [
+        request_record(
+            request,
+            principal,
+            action,
+            patient=patient,
+            source_org=source_org,
+            detail=detail,
+            entities=[
+                query,
+                *entities,
+                *_patient_entity(patient, entities),
+            ],
+        )
+        for (patient, source_org), entities in (groups or {(None, None): []}).items()
+    ]
+    await emit_records(session, records)
+
+
+def _patient_entity(patient: str | None, entities: list[AuditEntity]) -> list[AuditEntity]:
+    """The page's patient as an entity of its own (role 1), unless a hit is the Patient."""
+    if patient is None or any(e.reference == f"Patient/{patient}" for e in entities):
+        return []
+    return [AuditEntity(f"Patient/{patient}", role="1")]
 
 
 async def emit_alone(sessions: async_sessionmaker[AsyncSession], record: AuditRecord) -> None:

@@ -14,7 +14,8 @@ from schemas.message import parse_message
 from schemas.outcome import InvalidMessage, Issue, accepted_outcome
 from services import offload
 from services.audit.context import (
-    audit_request,
+    Hit,
+    audit_query,
     emit_alone,
     query_names,
     request_agent,
@@ -120,18 +121,14 @@ async def list_unmatched(
         {"resource": _as_message_summary(event, await service.event_bundle(session, event))}
         for event in events
     ]
-    # The queue shows patients' identifiers: one patient.query record for the page, naming
-    # the events shown (their patients are not known yet: that is why they wait).
-    await audit_request(
-        session,
-        request,
-        admin,
-        AuditAction.PATIENT_QUERY,
-        entities=[
-            AuditEntity("Basic", role="24", query=query_names(request)),
-            *(AuditEntity(f"Bundle/{event.id}", role="3") for event in events),
-        ],
-    )
+    # The queue shows patients' identifiers: patient.query records naming the events shown
+    # (their patients are not known yet: that is why they wait), one per sender.
+    await audit_query(
+        session, request, admin, AuditAction.PATIENT_QUERY,
+        AuditEntity("Basic", role="24", query=query_names(request)),
+        [Hit(AuditEntity(f"Bundle/{event.id}", role="3"), source_org=event.sender_org_id)
+         for event in events],
+    )  # fmt: skip
     await session.commit()
     return JSONResponse(
         {"resourceType": "Bundle", "type": "collection", "entry": entries},

@@ -11,7 +11,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from renkei.hub import Hub
 from schemas.audit import AuditAction, AuditEntity
-from services.audit.context import audit_request, query_names
+from services.audit.context import Hit, audit_query, audit_request, query_names
 from services.auth.policy import caller
 from services.auth.service import Principal
 from services.dependencies import get_hub, get_session
@@ -120,25 +120,14 @@ async def _audit_listed(
     principal: Principal,
     rows: list[tuple[Notification, Event]],
 ) -> None:
-    """One notification.listed record per list request (IHE PatientQuery-like): the
-    Communications shown and their patients as entities. ``patient`` and ``source_org`` are
-    set when the page is about one patient / from one sender; every sender is in ``detail``."""
-    patients = sorted({n.patient_id for n, _e in rows if n.patient_id})
-    senders = sorted({e.sender_org_id for _n, e in rows})
-    await audit_request(
-        session,
-        request,
-        principal,
-        AuditAction.NOTIFICATION_LISTED,
-        patient=patients[0] if len(patients) == 1 else None,
-        source_org=senders[0] if len(senders) == 1 else None,
-        entities=[
-            AuditEntity("Communication", role="24", query=query_names(request)),
-            *(AuditEntity(f"Communication/{n.id}", role="4") for n, _e in rows),
-            *(AuditEntity(f"Patient/{p}", role="1") for p in patients),
-        ],
-        detail={"source_orgs": senders} if len(senders) > 1 else None,
-    )
+    """notification.listed (IHE PatientQuery-like): the Communications shown, one record per
+    patient and sender on the page (services.audit.context.audit_query)."""
+    await audit_query(
+        session, request, principal, AuditAction.NOTIFICATION_LISTED,
+        AuditEntity("Communication", role="24", query=query_names(request)),
+        [Hit(AuditEntity(f"Communication/{n.id}", role="4"), n.patient_id, e.sender_org_id)
+         for n, e in rows],
+    )  # fmt: skip
     await session.commit()
 
 

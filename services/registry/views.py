@@ -20,7 +20,7 @@ from renkei.hub import Hub
 from schemas.audit import AuditAction, AuditEntity, AuditOutcome
 from schemas.json_safety import UnsafeJson, load_json
 from schemas.outcome import InvalidMessage, Issue
-from services.audit.context import audit_request, query_names
+from services.audit.context import Hit, audit_query, audit_request, query_names
 from services.auth import policy
 from services.auth.service import FHIR_ID, Principal
 from services.dependencies import get_hub, get_session
@@ -223,17 +223,13 @@ async def _audit_search(
     resource_type: str,
     rows: list[StoredResource],
 ) -> None:
-    """One patient.query per search: the parameter names (never values), the page's hits."""
-    patients = sorted(
-        {p for row in rows if (p := policy.patient_of(resource_type, row.body)) is not None}
-    )
-    entities = [AuditEntity(resource_type, role="24", query=query_names(request))]
-    entities += [_entity(resource_type, row.id) for row in rows]
-    if resource_type != "Patient":
-        entities += [_entity("Patient", p) for p in patients]
-    await audit_request(
+    """patient.query: the parameter names (never values) and the page's hits, one record per
+    patient on the page (services.audit.context.audit_query)."""
+    await audit_query(
         session, request, principal, AuditAction.PATIENT_QUERY,
-        patient=patients[0] if len(patients) == 1 else None, entities=entities,
+        AuditEntity(resource_type, role="24", query=query_names(request)),
+        [Hit(_entity(resource_type, row.id), policy.patient_of(resource_type, row.body))
+         for row in rows],
     )  # fmt: skip
     await session.commit()
 

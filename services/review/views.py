@@ -21,7 +21,7 @@ from schemas.canonical import (
     EVENT_SYSTEM,
 )
 from schemas.message import break_glass_reason
-from services.audit.context import audit_request, query_names, request_record
+from services.audit.context import Hit, audit_query, query_names, request_record
 from services.audit.fhir import DICOM, HUB_OBSERVER, PARTICIPATION
 from services.auth.policy import caller
 from services.auth.service import Principal
@@ -57,16 +57,13 @@ async def list_break_glass(
 ) -> JSONResponse:
     entries = await service.search(session, _reviewed(reviewed), count, offset)
     reasons = [await _reason(session, e) for e in entries]
-    # The list shows the events' reasons and recipients: one patient.query for the page.
-    patients = sorted({e.event.patient_id for e in entries if e.event.patient_id})
-    await audit_request(
+    # The list shows the events' reasons and recipients: patient.query records, one per
+    # patient and sender on the page.
+    await audit_query(
         session, request, office, AuditAction.PATIENT_QUERY,
-        patient=patients[0] if len(patients) == 1 else None,
-        entities=[
-            AuditEntity("AuditEvent", role="24", query=query_names(request)),
-            *(AuditEntity(f"Bundle/{e.event.id}", role="3") for e in entries),
-            *(AuditEntity(f"Patient/{p}", role="1") for p in patients),
-        ],
+        AuditEntity("AuditEvent", role="24", query=query_names(request)),
+        [Hit(AuditEntity(f"Bundle/{e.event.id}", role="3"), e.event.patient_id,
+             e.event.sender_org_id) for e in entries],
         detail={"list": "break-glass"},
     )  # fmt: skip
     await session.commit()

@@ -1,8 +1,7 @@
-"""outbox: a partial index of the unsent rows by stream (key, topic), for the relay's claim
+"""outbox: a partial index of the unsent rows by claim expiry, for the relay's claim
 
-A relay claims a row only when no earlier unsent row of the same stream is held by another
-relay (one that crashed with its claim in force): that check is a search in this index, which
-holds unsent rows only.
+A relay claims no row of a stream another relay holds a row of (one that crashed with its
+claim in force): the held rows are found in this index, which holds unsent rows only.
 
 Revision ID: 0009
 Revises: 0008
@@ -22,8 +21,8 @@ UNSENT = sa.text("sent_at IS NULL")
 def upgrade() -> None:
     with op.batch_alter_table("outbox", schema=None) as batch_op:
         batch_op.create_index(
-            "ix_outbox_unsent_stream",
-            ["key", "topic", "id"],
+            "ix_outbox_unsent_claimed",
+            ["claimed_until"],
             unique=False,
             sqlite_where=UNSENT,
             postgresql_where=UNSENT,
@@ -32,4 +31,4 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     with op.batch_alter_table("outbox", schema=None) as batch_op:
-        batch_op.drop_index("ix_outbox_unsent_stream")
+        batch_op.drop_index("ix_outbox_unsent_claimed")
