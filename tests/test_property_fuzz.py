@@ -161,7 +161,8 @@ def body_of(document: Any) -> bytes:
 @given(data=st.data())
 def test_mutated_messages_never_break_the_intake(runner: Runner, data: st.DataObject) -> None:
     bundle = data.draw(st.sampled_from(MESSAGES).flatmap(mutated))
-    header = bundle.get("entry", [{}])[0] if isinstance(bundle.get("entry"), list) else {}
+    entries = bundle.get("entry")
+    header = entries[0] if isinstance(entries, list) and entries else {}
     if isinstance(header, dict) and isinstance(header.get("resource"), dict):
         header["resource"]["id"] = data.draw(st.uuids()).hex  # not a repeat of an earlier one
     response = runner.request(
