@@ -247,8 +247,12 @@ def cmd_worker(args: argparse.Namespace) -> int:
     if args.name == "http":
         serve_http(settings, listen_fd=args.listen_fd, prepared=args.prepared)
         return 0
-    run = {"relay": run_relay, "router": run_router}[args.name]
+    from consumers.audit.writer import run_audit_writer
+
+    run = {"relay": run_relay, "router": run_router, "audit": run_audit_writer}[args.name]
     lane = None if args.lane == "all" else args.lane
+    if lane == "audit" and args.name != "relay":
+        return _refuse("--lane audit is a relay lane (the audit records' consumer is `audit`)")
 
     async def worker(hub: Hub) -> None:
         await run(hub, lane)
@@ -395,8 +399,10 @@ def parser() -> argparse.ArgumentParser:
     dev_ca.add_argument("--hosts", nargs="+", help="server names (default: localhost 127.0.0.1)")
     dev_ca.set_defaults(func=cmd_dev_ca)
 
-    worker = commands.add_parser("worker", help="run one worker (http, relay or router) alone")
-    worker.add_argument("name", choices=["http", "relay", "router"])
+    worker = commands.add_parser(
+        "worker", help="run one worker (http, relay, router or the audit writer) alone"
+    )
+    worker.add_argument("name", choices=["http", "relay", "router", "audit"])
     worker.add_argument(
         "--prepared",
         action="store_true",
@@ -407,9 +413,10 @@ def parser() -> argparse.ArgumentParser:
     )
     worker.add_argument(
         "--lane",
-        choices=["all", "urgent", "bulk"],
+        choices=["all", "urgent", "bulk", "audit"],
         default="all",
-        help="relay, router: priority lane: urgent (acute change, stat), bulk (the rest) or all",
+        help="relay, router: priority lane: urgent (acute change, stat), bulk (the rest), "
+        "audit (relay only: the audit records) or all",
     )
     worker.set_defaults(func=cmd_worker)
 
