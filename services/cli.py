@@ -1,5 +1,5 @@
 """The ``renkei`` command line: ``up``, ``token``, ``keys``, ``client``, ``dev-ca``, ``worker``,
-``demo``, ``patient forget``."""
+``demo``, ``patient forget``, ``audit verify|archive``."""
 
 from __future__ import annotations
 
@@ -337,6 +337,100 @@ def cmd_keys_rotate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _since(text: str | None, timezone: str) -> Any:
+    """--since: a date (midnight in the hub's time zone) or an ISO date-time."""
+    from datetime import datetime
+    from zoneinfo import ZoneInfo
+
+    if text is None:
+        return None
+    moment = datetime.fromisoformat(text)
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=ZoneInfo(timezone))
+
+
+def cmd_audit_verify(args: argparse.Namespace) -> int:
+    """Walk the chain, its archives and its checkpoints; exit 0 only when intact."""
+    from renkei.db import migrate
+    from renkei.hub import Hub
+    from services.audit.verify import verify_trail
+    from services.progress import Progress
+
+    settings = get_settings()
+    try:
+        since = _since(args.since, settings.timezone)
+    except ValueError:
+        return _refuse("--since: a date (2026-04-01) or date-time (2026-04-01T09:00+09:00)")
+
+    async def verify() -> Any:
+        hub = Hub(settings)
+        try:
+            await migrate(hub.engine)
+            line = Progress("verified", None, enabled=args.progress or None)
+
+            def progress(done: int, total: int) -> None:
+                line.total = total or None
+                line.update(done)
+
+            async with hub.sessions() as session:
+                report = await verify_trail(
+                    session, settings.keys_dir, settings.audit_archive_dir,
+                    since=since, progress=progress,
+                )  # fmt: skip
+            line.finish()
+            return report
+        finally:
+            await hub.engine.dispose()
+
+    report = asyncio.run(verify())
+    span = f"seq {report.first_seq}..{report.last_seq}" if report.first_seq is not None else "empty"
+    summary = (
+        f"{report.records} records ({span}), {report.checkpoints} checkpoints, "
+        f"{report.archives} archives"
+    )
+    if report.intact:
+        print(f"監査証跡は改ざんされていません / audit trail intact: {summary}")
+        return 0
+    first = report.problems[0]
+    print(f"監査証跡の検証に失敗しました / audit trail BROKEN at {first}", file=sys.stderr)
+    for problem in report.problems[1:]:
+        print(f"  also {problem}", file=sys.stderr)
+    if report.more_problems:
+        print(f"  and {report.more_problems} more problem(s)", file=sys.stderr)
+    print(f"walked: {summary}", file=sys.stderr)
+    return 1
+
+
+def cmd_audit_archive(_args: argparse.Namespace) -> int:
+    """Move the records past RENKEI_AUDIT_RETENTION_DAYS to an archive file."""
+    from renkei.db import migrate
+    from renkei.hub import Hub
+    from services.audit.archive import archive_old_records
+
+    settings = get_settings()
+
+    async def archive() -> Any:
+        hub = Hub(settings)
+        try:
+            await migrate(hub.engine)
+            async with hub.sessions() as session:
+                return await archive_old_records(session, settings)
+        finally:
+            await hub.engine.dispose()
+
+    result = asyncio.run(archive())
+    if result is None:
+        print(
+            f"保存期間 ({settings.audit_retention_days} 日) を過ぎた記録はありません / "
+            "nothing past retention"
+        )
+        return 0
+    print(
+        f"アーカイブしました / archived: seq {result.first_seq}..{result.last_seq} "
+        f"(archive {result.archive_id}) to {result.path}"
+    )
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from services.demo import run_demo
 
@@ -428,6 +522,21 @@ def parser() -> argparse.ArgumentParser:
     forget.add_argument("patient_id", help="the registry Patient id")
     forget.add_argument("--yes", action="store_true", help="do not ask for confirmation")
     forget.set_defaults(func=cmd_patient_forget)
+
+    audit = commands.add_parser("audit", help="the audit trail: verify, archive")
+    audit_commands = audit.add_subparsers(dest="audit_command", required=True)
+    verify = audit_commands.add_parser(
+        "verify", help="walk the hash chain and the signed checkpoints (exit 0 only when intact)"
+    )
+    verify.add_argument(
+        "--since", help="from the last checkpoint before this date (default: everything)"
+    )
+    verify.add_argument("--progress", action="store_true", help=PROGRESS_HELP)
+    verify.set_defaults(func=cmd_audit_verify)
+    archive = audit_commands.add_parser(
+        "archive", help="move records past the retention period to an archive file"
+    )
+    archive.set_defaults(func=cmd_audit_archive)
 
     demo = commands.add_parser("demo", help="load the demo region and post one event of each type")
     demo.add_argument("--url", help="the hub's base URL (default: from the settings)")

@@ -120,7 +120,9 @@ def known_signers(keys_dir: Path) -> dict[str, Ed25519PublicKey]:
     return keys
 
 
-def signature_valid(keys: dict[str, Ed25519PublicKey], kid: str, signature: str, doc: bytes) -> bool:
+def signature_valid(
+    keys: dict[str, Ed25519PublicKey], kid: str, signature: str, doc: bytes
+) -> bool:
     key = keys.get(kid)
     if key is None:
         return False
