@@ -305,7 +305,9 @@ def _break_glass(
     index, ext = marks[0]
     where = f"{HEADER}.extension[{index}]"
     if event_type is not None and event_type != EventType.ACUTE_CHANGE:
-        issues.append(_err("business-rule", "break-glass is only for acute-change messages", where))
+        issues.append(
+            _err("business-rule", "break-glass is only for acute-change messages", where)
+        )
     reason = ext.get("valueString")
     if not isinstance(reason, str) or not reason.strip():
         issues.append(

@@ -90,7 +90,9 @@ def event_code(*events: EventType) -> list[dict]:
 async def decisions(hub, event_id: str) -> dict[str, tuple[str, bool, str]]:
     """recipient -> (reason, break_glass, content) of the event's notifications."""
     async with hub.sessions() as session:
-        rows = await session.execute(select(Notification).where(Notification.event_id == event_id))
+        rows = await session.execute(
+            select(Notification).where(Notification.event_id == event_id)
+        )
         return {n.recipient: (n.reason, n.break_glass, n.content) for (n,) in rows.all()}
 
 
@@ -157,7 +159,9 @@ async def test_deny_by_event_type_and_by_organization_for_one_event_type(live_ap
         ADMISSION_TEAM_A, "consent-deny-event-type"
     )
     discharge = await routed(live_api, message(EventType.DISCHARGE, "p01"))
-    assert await suppressed_of(hub, discharge) == {PHARMACY: "consent-deny-organization-event-type"}
+    assert await suppressed_of(hub, discharge) == {
+        PHARMACY: "consent-deny-organization-event-type"
+    }
     assert set(await notifications_of(hub, discharge)) == ADMISSION_TEAM_A - {PHARMACY}
 
 
@@ -251,12 +255,9 @@ async def test_break_glass_reaches_the_emergency_roles_without_consent(live_api)
     assert hospital["priority"] == "stat"
     assert hospital["sender"] == {"reference": DAY_SERVICE}
     [bundle] = attachments(hospital)
-    assert (
-        json.loads(base64.b64decode(bundle["data"]))["entry"][0]["resource"]["extension"][0][
-            "valueString"
-        ]
-        == REASON
-    )
+    assert json.loads(base64.b64decode(bundle["data"]))["entry"][0]["resource"]["extension"][0][
+        "valueString"
+    ] == REASON
     doctor = await communication(live_api, "misawa-home-clinic", event_id, "dr-misawa")
     assert doctor["meta"]["security"][0]["code"] == "BTG"
     cm = await live_api.client.get(
@@ -397,9 +398,7 @@ async def test_routing_file_object_form_and_string_form(hub_factory, tmp_path: P
     priorities, decided = await _routed_with_file(hub_factory, tmp_path, table)
     assert priorities == {DAY_SERVICE: "urgent", PHARMACY: "routine", CARE_MANAGER: "stat"}
     assert {r: c for r, (_reason, _bg, c) in decided.items()} == {
-        DAY_SERVICE: "full",
-        PHARMACY: "summary",
-        CARE_MANAGER: "full",
+        DAY_SERVICE: "full", PHARMACY: "summary", CARE_MANAGER: "full"
     }
 
 

@@ -42,7 +42,6 @@ async def api(api):
         await session.commit()
     return api
 
-
 # The sample patient (p01) as the contract's sample messages carry her.
 PERSONAL_DATA = ("三沢", "花子", "ミサワ", "1936-05-12", "00012345", "中央町")
 # Care team A's admission recipients (the hospital sends, so it is not among them).
@@ -400,7 +399,9 @@ async def test_the_queue_is_for_admins_only(api) -> None:
     await load_region(api.hub)
     await post_unmatched(api)
     for role in ("member", "system", "auditor"):
-        response = await api.client.get(QUEUE, headers=headers(api.hub, "region-office", role))
+        response = await api.client.get(
+            QUEUE, headers=headers(api.hub, "region-office", role)
+        )
         assert_outcome(response, 403, "forbidden", "region-admin")
     response = await api.client.get(QUEUE)
     assert_outcome(response, 401, "login", "token")

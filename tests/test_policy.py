@@ -107,14 +107,18 @@ def test_readme_holds_the_matrix() -> None:
 
 
 async def patient_ids(api, org: str, role: str = "member", resource: str = "Patient") -> set[str]:
-    response = await api.client.get(f"/fhir/{resource}?_count=500", headers=api.headers(org, role))
+    response = await api.client.get(
+        f"/fhir/{resource}?_count=500", headers=api.headers(org, role)
+    )
     assert response.status_code == 200, response.text
     bundle = response.json()
     assert bundle["total"] == len(bundle["entry"])
     if resource == "Patient":
         return {e["resource"]["id"] for e in bundle["entry"]}
     field = "subject" if resource == "CareTeam" else "patient"
-    return {e["resource"][field]["reference"].removeprefix("Patient/") for e in bundle["entry"]}
+    return {
+        e["resource"][field]["reference"].removeprefix("Patient/") for e in bundle["entry"]
+    }
 
 
 @pytest.mark.parametrize("resource", ["Patient", "CareTeam", "Consent"])
@@ -127,7 +131,9 @@ async def test_search_shows_only_the_care_teams_patients(api, resource: str) -> 
     # Through a PractitionerRole only: the care manager's office sees her patients.
     assert await patient_ids(api, CARE_PLAN, "org-admin", resource) == expected(TEAM_A)
     assert await patient_ids(api, CLINIC, resource=resource) == expected(TEAM_A | TEAM_B)
-    assert await patient_ids(api, "region-office", resource=resource) == expected(TEAM_A | TEAM_B)
+    assert await patient_ids(api, "region-office", resource=resource) == expected(
+        TEAM_A | TEAM_B
+    )
 
 
 async def test_read_outside_the_care_team_is_404(api) -> None:

@@ -153,8 +153,8 @@ def _is_active_privacy_consent(consent: dict[str, Any]) -> bool:
         return False
     codings = (consent.get("scope") or {}).get("coding", [])
     return any(
-        c.get("code") == "patient-privacy"
-        and c.get("system", CONSENT_SCOPE_SYSTEM) == CONSENT_SCOPE_SYSTEM
+        c.get("code") == "patient-privacy" and c.get("system", CONSENT_SCOPE_SYSTEM)
+        == CONSENT_SCOPE_SYSTEM
         for c in codings
     )
 

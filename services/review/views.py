@@ -72,7 +72,9 @@ async def review(
     session: AsyncSession = Depends(get_session),
 ) -> JSONResponse:
     entry = await service.mark_reviewed(session, office, event_id)
-    return JSONResponse(as_audit_event(entry, await _reason(session, entry)), media_type=FHIR_JSON)
+    return JSONResponse(
+        as_audit_event(entry, await _reason(session, entry)), media_type=FHIR_JSON
+    )
 
 
 async def _reason(session: AsyncSession, entry: BreakGlassEntry) -> str:
@@ -106,11 +108,8 @@ def as_audit_event(entry: BreakGlassEntry, reason: str) -> dict[str, Any]:
         "purposeOfEvent": [
             {
                 "coding": [
-                    {
-                        "system": ACT_REASON_SYSTEM,
-                        "code": BREAK_THE_GLASS,
-                        "display": "break the glass",
-                    }
+                    {"system": ACT_REASON_SYSTEM, "code": BREAK_THE_GLASS,
+                     "display": "break the glass"}
                 ],
                 "text": reason,
             }
