@@ -35,6 +35,15 @@ class OutboxRecord(Base):
         ),
         # The urgent relay claims only its lane's rows: a bulk backlog is never scanned for them.
         Index("ix_outbox_lane_pending", "lane", "sent_at", "id"),
+        # The claim's check for an earlier unsent row of the same stream held by another relay.
+        Index(
+            "ix_outbox_unsent_stream",
+            "key",
+            "topic",
+            "id",
+            sqlite_where=text("sent_at IS NULL"),
+            postgresql_where=text("sent_at IS NULL"),
+        ),
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)

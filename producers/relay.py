@@ -22,6 +22,7 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaConnectionError, KafkaError
 from sqlalchemy import and_, exists, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.orm import aliased
 
 from producers.models import OutboxRecord
 from renkei.broker import Broker
@@ -153,7 +154,18 @@ class OutboxRelay:
         backing off; their later rows wait, so each stream stays in order."""
         now = utcnow()
         free = or_(OutboxRecord.claimed_until.is_(None), OutboxRecord.claimed_until < now)
-        pending = [OutboxRecord.sent_at.is_(None), free, *self._in_lane()]
+        # A stream whose earlier row another relay still holds (one that crashed with its claim
+        # in force, or one still sending) waits for it: claiming the later row would publish a
+        # patient's discharge before the admission that a dead relay never sent.
+        earlier = aliased(OutboxRecord)
+        held_earlier = exists().where(
+            earlier.key == OutboxRecord.key,
+            earlier.topic == OutboxRecord.topic,
+            earlier.sent_at.is_(None),
+            earlier.id < OutboxRecord.id,
+            earlier.claimed_until >= now,
+        )
+        pending = [OutboxRecord.sent_at.is_(None), free, ~held_earlier, *self._in_lane()]
         if exclude_streams:
             pending.append(
                 (OutboxRecord.topic + STREAM_SEPARATOR + OutboxRecord.key).not_in(exclude_streams)

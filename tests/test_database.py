@@ -26,7 +26,7 @@ async def test_migrations_create_every_table_and_rerun_cleanly(db_sessions) -> N
     await migrate(engine)  # at every start: a no-op when current
 
 
-async def _events_with_outbox(sessions, count: int) -> list[str]:
+async def _events_with_outbox(sessions, count: int, streams: int = 5) -> list[str]:
     ids = []
     async with sessions() as session:
         for i in range(count):
@@ -36,7 +36,7 @@ async def _events_with_outbox(sessions, count: int) -> list[str]:
                 Event(
                     id=event_id,
                     sender_org_id="org",
-                    message_id=f"m{i}",
+                    message_id=f"m{uuid.uuid4().hex}",
                     event_type="admission",
                     status="accepted",
                     patient_id="p",
@@ -51,7 +51,7 @@ async def _events_with_outbox(sessions, count: int) -> list[str]:
                 OutboxRecord(
                     event_id=event_id,
                     topic="renkei.event.admission",
-                    key=f"k{i % 5}",
+                    key=f"k{i % streams}",
                     headers=[],
                     value=b"{}",
                     created_at=utcnow(),
@@ -62,7 +62,7 @@ async def _events_with_outbox(sessions, count: int) -> list[str]:
 
 
 async def test_two_relays_never_claim_the_same_row(db_sessions) -> None:
-    await _events_with_outbox(db_sessions, 450)
+    await _events_with_outbox(db_sessions, 450, streams=450)
     settings = Settings(relay_claim_seconds=60)
     relays = [OutboxRelay(db_sessions, None, settings, relay_id=f"relay-{n}") for n in range(2)]  # type: ignore[arg-type]
 
@@ -84,6 +84,22 @@ async def test_an_expired_claim_is_taken_over(db_sessions) -> None:
     other = OutboxRelay(db_sessions, None, Settings(relay_claim_seconds=30), relay_id="other")  # type: ignore[arg-type]
     await asyncio.sleep(0.05)
     assert len(await other.claim()) == 3
+    assert await other.claim() == []
+
+
+async def test_a_stream_waits_for_its_earlier_row_held_by_a_crashed_relay(db_sessions) -> None:
+    """A relay killed with its claim in force holds the patient's admission: the discharge
+    written after it is not published first by another relay, other patients go on."""
+    first = await _events_with_outbox(db_sessions, 2)  # streams k0, k1
+    crashed = OutboxRelay(db_sessions, None, Settings(relay_claim_seconds=0.3), relay_id="crashed")  # type: ignore[arg-type]
+    assert len(await crashed.claim()) == 2
+    later = await _events_with_outbox(db_sessions, 3)  # k0, k1 again, and a new stream k2
+    other = OutboxRelay(db_sessions, None, Settings(relay_claim_seconds=30), relay_id="other")  # type: ignore[arg-type]
+    taken = await other.claim()
+    assert [(r.event_id, r.key) for r in taken] == [(later[2], "k2")]
+    await asyncio.sleep(0.35)  # the dead relay's claim runs out: each stream in order, at once
+    taken = await other.claim()
+    assert [r.event_id for r in taken] == [first[0], first[1], later[0], later[1]]
     assert await other.claim() == []
 
 
