@@ -165,7 +165,9 @@ class _Walk:
         report.first_seq = seq if report.first_seq is None else report.first_seq
         report.last_seq = seq
         self.expected = seq + 1
-        self.prev = actual
+        # A changed record is named once: the next one is checked against the hash it was
+        # chained to, so one change does not make every later link look broken.
+        self.prev = stored_hash
 
     def _columns(self, where: str, row: Any, document: bytes) -> None:
         try:
@@ -287,7 +289,8 @@ def _check_archive_rows(
     for archive in archives:
         where = f"archive {archive.id}"
         if not signature_valid(keys, archive.kid, archive.signature, archive_document(archive)):
-            report.add(where, "bad signature")
+            unknown = f"signed by unknown key {archive.kid}"
+            report.add(where, "bad signature" if archive.kid in keys else unknown)
         if archive.first_seq != seq or archive.first_prev_hash != prev:
             report.add(where, f"does not continue the chain at seq {seq}")
         seq, prev = archive.last_seq + 1, archive.last_hash
