@@ -182,3 +182,32 @@ async def test_the_application_cannot_update_or_delete_audit_rows(db_sessions, t
     assert await stored_count(db_sessions) == 5
     report = await verify(db_sessions, keys, _archive)
     assert report.intact, report.problems
+
+
+def test_the_cli_exits_non_zero_naming_the_broken_record(tmp_path) -> None:
+    import asyncio
+
+    from renkei.crypto import Keyring
+    from renkei.db import create_engine, migrate, session_factory
+    from tests.test_cli import run_cli
+
+    async def write(tamper: bool) -> None:
+        engine = create_engine(f"sqlite+aiosqlite:///{tmp_path / 'renkei.sqlite3'}")
+        await migrate(engine)
+        sessions = session_factory(engine, Keyring.local(tmp_path / "keys"))
+        if tamper:
+            async with sessions() as session:
+                await intrude(session, "UPDATE audit_record SET outcome = '8' WHERE seq = 3")
+        else:
+            await chain(sessions, tmp_path / "keys", 10, checkpoint_every=5)
+        await engine.dispose()
+
+    asyncio.run(write(tamper=False))
+    intact = run_cli(tmp_path, "audit", "verify")
+    assert intact.returncode == 0, intact.stderr
+    assert "intact: 10 records (seq 1..10), 2 checkpoints" in intact.stdout
+    asyncio.run(write(tamper=True))
+    broken = run_cli(tmp_path, "audit", "verify", "--since", "2000-01-01")
+    assert broken.returncode == 1
+    assert "BROKEN at seq 3: record changed: column outcome" in broken.stderr
+    assert run_cli(tmp_path, "audit", "verify", "--since", "yesterday").returncode == 2
