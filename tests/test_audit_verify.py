@@ -211,3 +211,19 @@ def test_the_cli_exits_non_zero_naming_the_broken_record(tmp_path) -> None:
     assert broken.returncode == 1
     assert "BROKEN at seq 3: record changed: column outcome" in broken.stderr
     assert run_cli(tmp_path, "audit", "verify", "--since", "yesterday").returncode == 2
+
+
+async def test_since_starts_at_the_last_checkpoint_before_it(db_sessions, tmp_path):
+    keys, archive = dirs(tmp_path)
+    await chain(db_sessions, keys, 30, checkpoint_every=10)
+    async with db_sessions() as session:
+        since = (await session.get(AuditRecordRow, 25)).recorded
+        await intrude(session, "UPDATE audit_record SET outcome = '8' WHERE seq = 5")
+    report = await verify(db_sessions, keys, archive, since=since)
+    assert report.intact, report.problems  # seq 5 is before the anchor (checkpoint 2, seq 20)
+    assert (report.first_seq, report.last_seq) == (20, 30)
+    async with db_sessions() as session:
+        await intrude(session, "UPDATE audit_record SET outcome = '8' WHERE seq = 22")
+    report = await verify(db_sessions, keys, archive, since=since)
+    assert wheres(report) == ["seq 22"]
+    assert wheres(await verify(db_sessions, keys, archive)) == ["seq 5", "seq 22"]
