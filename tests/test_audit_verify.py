@@ -12,8 +12,11 @@ import pytest
 from sqlalchemy import select, text, update
 from sqlalchemy.exc import DBAPIError
 
+from producers.models import OutboxRecord
+from renkei.crypto import keyring_of
 from renkei.db import utcnow
 from renkei.settings import Settings
+from schemas.audit import AuditAction, AuditRecord, audit_record_aad
 from services.audit.archive import archive_old_records
 from services.audit.models import AuditArchive, AuditCheckpoint, AuditRecordRow
 from tests.audit_tools import chain, intrude, stored_count, verify
@@ -142,6 +145,13 @@ async def test_archive_then_verify_passes_across_the_cut(db_sessions, tmp_path):
     report = await verify(db_sessions, keys, archive)
     assert report.intact, report.problems
     assert (report.records, report.archives) == (40, 1)
+    # The cut is itself audited: one audit.archived record on its way through the outbox.
+    async with db_sessions() as session:
+        (row,) = (await session.scalars(select(OutboxRecord))).all()
+        plain = await keyring_of(session).open(session, row.value, audit_record_aad(row.key))
+        emitted = AuditRecord.from_bytes(plain)
+    assert emitted.action == AuditAction.AUDIT_ARCHIVED
+    assert (emitted.detail["first_seq"], emitted.detail["last_seq"]) == (1, 39)
     # The trail goes on after the cut, and a second cut joins the first.
     await chain(db_sessions, keys, 5, checkpoint_every=5)
     async with db_sessions() as session:

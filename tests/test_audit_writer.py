@@ -141,3 +141,37 @@ async def test_the_relay_publishes_again_audit_rows_the_writer_has_not_stored(
             await session.scalars(select(OutboxRecord.key).where(OutboxRecord.sent_at.is_(None)))
         ).all()
     assert unsent == [lost[0].id]  # not the stored one, not the one still in its window
+
+
+async def test_an_unreadable_record_goes_to_the_dlq_and_the_rest_are_stored(hub_factory) -> None:
+    from schemas.audit import HEADER_AUDIT_ID, HEADER_SCHEMA_VERSION
+    from schemas.topics import AUDIT_TOPIC, DLQ_TOPIC
+
+    hub = await hub_factory()
+    producer = hub.broker.producer()
+    await producer.start()
+    try:
+        headers = [(HEADER_AUDIT_ID, b"forged"), (HEADER_SCHEMA_VERSION, b"1")]
+        await producer.send_and_wait(
+            hub.settings.topic(AUDIT_TOPIC), b"not sealed", key=b"forged", headers=headers
+        )
+    finally:
+        await producer.stop()
+    async with hub.sessions() as session:
+        await emit_records(session, records(3))
+        await session.commit()
+    hub.outbox_written.set()
+    await wait_stored(hub, 3)
+    consumer = hub.broker.consumer(hub.settings.topic(DLQ_TOPIC), group_id="dlq-reader")
+    await consumer.start()
+    try:
+        found = []
+        deadline = asyncio.get_running_loop().time() + 30
+        while not found and asyncio.get_running_loop().time() < deadline:
+            batches = await consumer.getmany(timeout_ms=500)
+            found = [r for part in batches.values() for r in part]
+    finally:
+        await consumer.stop()
+    (dead,) = found
+    assert dict(dead.headers)["renkei-dlq-reason"].startswith(b"unreadable audit record")
+    assert await stored_count(hub.sessions) == 3
