@@ -72,6 +72,11 @@ class OutboxRelay:
         self._not_before: dict[str, float] = {}  # stream -> loop time of its next try
         self._sent: list[int] = []
         self._unsent: list[int] = []
+        # Rows claimed and not settled yet: their claims are renewed while they are in flight,
+        # so a claim can be short (a killed relay's rows come back within seconds) and still
+        # never run out under a relay that is alive but slow.
+        self._held: set[int] = set()
+        self._last_renewal = 0.0
         self._failed_chains = 0  # chains failed since the last successful send
         self._last_error: BaseException | None = None
         # After an outage: when to re-drive early, and which sends (before the return) count.
@@ -87,6 +92,7 @@ class OutboxRelay:
                 try:
                     claimed = await self.publish_pending()
                     await self._settle()
+                    await self._renew_claims()
                     await self.maybe_redrive()
                     if self._stalled():
                         raise self._last_error or KafkaConnectionError()
@@ -178,7 +184,9 @@ class OutboxRelay:
             .scalar_subquery()
         )
         async with self.sessions() as session:
-            claimed_ids = (
+            # The claimed rows come back whole from the UPDATE (one round trip, not two), in no
+            # particular order: sorted here, each stream's rows in the order they were written.
+            claimed = (
                 await session.scalars(
                     update(OutboxRecord)
                     # Re-checked under the row lock, so a row two relays both chose goes to one.
@@ -187,18 +195,13 @@ class OutboxRelay:
                         claimed_by=self.relay_id,
                         claimed_until=now + timedelta(seconds=self.settings.relay_claim_seconds),
                     )
-                    .returning(OutboxRecord.id)
+                    .returning(OutboxRecord)
+                    .execution_options(synchronize_session=False)
                 )
             ).all()
             await session.commit()
-            if not claimed_ids:
-                return []
-            rows = await session.scalars(
-                select(OutboxRecord)
-                .where(OutboxRecord.id.in_(claimed_ids))
-                .order_by(OutboxRecord.id)
-            )
-            return list(rows)
+            self._held.update(row.id for row in claimed)
+            return sorted(claimed, key=lambda row: row.id)
 
     def _in_lane(self) -> list:
         return [] if self.lane is None else [OutboxRecord.lane == self.lane]
@@ -279,8 +282,33 @@ class OutboxRelay:
         """Record what the chains finished: sent rows marked, failed ones released to retry."""
         sent, self._sent = self._sent, []
         unsent, self._unsent = self._unsent, []
+        # No longer renewed, whatever happens next: if marking fails (the database away) the
+        # claims run out and the rows are sent again (a duplicate the router drops), never stuck.
+        self._held.difference_update(sent)
+        self._held.difference_update(unsent)
         await self._mark_sent(sent)
         await self._release(unsent)
+
+    async def _renew_claims(self) -> None:
+        """Extend the claims of the rows in flight, a third of a claim's length at a time."""
+        claim = self.settings.relay_claim_seconds
+        now = asyncio.get_running_loop().time()
+        if not self._held or now - self._last_renewal < claim / 3:
+            return
+        self._last_renewal = now
+        held = sorted(self._held)
+        async with self.sessions() as session:
+            for start in range(0, len(held), 500):
+                await session.execute(
+                    update(OutboxRecord)
+                    .where(
+                        OutboxRecord.id.in_(held[start : start + 500]),
+                        OutboxRecord.claimed_by == self.relay_id,
+                        OutboxRecord.sent_at.is_(None),
+                    )
+                    .values(claimed_until=utcnow() + timedelta(seconds=claim))
+                )
+            await session.commit()
 
     async def _reset_producer(self) -> None:
         """After a broker-wide failure: end the chains, settle them, start over."""

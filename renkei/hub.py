@@ -80,6 +80,14 @@ class Hub:
             from consumers.audit.writer import run_audit_writer
 
             self.spawn("audit-writer", run_audit_writer)
+            self.spawn_escalation()
+
+    def spawn_escalation(self) -> None:
+        """The escalation timer loop, beside the routers that start its timers (every router
+        process runs one; a step is claimed in the database, so it fires once)."""
+        from services.escalation.timer import run_escalation
+
+        self.spawn("escalation-timer", run_escalation)
 
     async def prepare(self) -> None:
         """What the first process does once: schema, file modes, the region office."""

@@ -86,7 +86,9 @@ class Settings(BaseSettings):
     # Outbox relay: how often it polls, how long a claim lasts, and after how long an event that
     # was published but not yet routed is published again (the broker may have lost it).
     relay_poll_seconds: float = 0.2
-    relay_claim_seconds: float = 30.0
+    # Renewed while the rows are in flight: short, so a killed relay's rows (and the later rows
+    # of their streams, which wait for them) come back within seconds.
+    relay_claim_seconds: float = 9.0
     relay_redeliver_after_seconds: float = 60.0
     # Small on purpose: after an outage the backlog should drain at once, not after a long
     # back-off left over from the outage (the relay and the router reset it on first success).
@@ -111,6 +113,12 @@ class Settings(BaseSettings):
     # Opt-in (Japanese default): no active Consent, no sharing. A region may choose opt-out.
     # Anything else is refused at start rather than read as opt-in.
     consent_default: Literal["opt-in", "opt-out"] = "opt-in"
+    # Escalation (主治医・副主治医制): a stat acute change nobody has acknowledged after this many
+    # minutes goes to the backup physician, after as many more to the care team's emergency
+    # hospital, then to the region office (services/escalation). 0 turns escalation off.
+    escalation_window_minutes: float = Field(default=10.0, ge=0)
+    # How often the escalation timer looks for due steps (the lateness of a step at most).
+    escalation_poll_seconds: float = Field(default=5.0, gt=0)
     # Japan Standard Time: due dates ("by the end of the next day") are local dates.
     timezone: str = "Asia/Tokyo"
 

@@ -40,6 +40,10 @@ class AuditAction(StrEnum):
     ROUTING_WITHHELD = "routing.withheld"  # consent did not permit it (reason says which rule)
     ROUTING_BREAK_GLASS = "routing.break-glass"  # delivered outside consent, as an emergency
     BREAK_GLASS_REVIEWED = "break-glass.reviewed"
+    # escalation of an unanswered stat acute change (services/escalation)
+    ESCALATION_FIRED = "escalation.fired"  # one record per escalation notification written
+    ESCALATION_WITHHELD = "escalation.withheld"  # consent did not permit that step's recipient
+    ESCALATION_SKIPPED = "escalation.skipped"  # the care team has nobody in the step's role
     # notifications (the inbox)
     NOTIFICATION_LISTED = "notification.listed"
     NOTIFICATION_READ = "notification.read"

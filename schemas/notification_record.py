@@ -36,6 +36,9 @@ class NotificationRecord:
     # break-glass; defaults keep records written before these fields readable.
     content: str = "full"
     break_glass: bool = False
+    # An escalation step (1-3) and the stat notification it continues; 0 / None when routed.
+    escalation_step: int = 0
+    escalation_of: str | None = None
     schema_version: int = NOTIFICATION_SCHEMA_VERSION
 
     def to_bytes(self) -> bytes:

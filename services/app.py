@@ -9,6 +9,7 @@ from fastapi import Depends, FastAPI
 
 from renkei.hub import Hub
 from services import health, logs, offload
+from services.audit.views import router as audit_router
 from services.auth.policy import authorize
 from services.auth.views import router as auth_router
 from services.clients.views import router as clients_router
@@ -81,5 +82,6 @@ def create_app(
     app.include_router(notifications_router, dependencies=limited)
     app.include_router(registry_router, dependencies=limited)
     app.include_router(review_router, dependencies=limited)
+    app.include_router(audit_router, dependencies=limited)
     app.include_router(metrics_router, dependencies=limited)
     return app

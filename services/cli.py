@@ -1,5 +1,5 @@
 """The ``renkei`` command line: ``up``, ``token``, ``keys``, ``client``, ``dev-ca``, ``worker``,
-``demo``, ``patient forget``, ``audit verify|archive``."""
+``demo``, ``patient forget``, ``audit export|verify|archive``."""
 
 from __future__ import annotations
 
@@ -11,8 +11,9 @@ import os
 import signal
 import sys
 from collections.abc import Awaitable, Callable
+from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 from renkei.settings import Settings, get_settings
 from services.auth.service import MAX_LIFETIME_SECONDS, Role, issue_token
@@ -233,6 +234,12 @@ def cmd_dev_ca(args: argparse.Namespace) -> int:
     return 0
 
 
+async def _run_escalation(hub, _lane: str | None) -> None:  # noqa: ANN001 - Hub
+    from services.escalation.timer import run_escalation
+
+    await run_escalation(hub)
+
+
 def cmd_worker(args: argparse.Namespace) -> int:
     """One worker without the rest: scale HTTP, relays and routers as processes of their own."""
     from consumers.routing.router import run_router
@@ -249,7 +256,12 @@ def cmd_worker(args: argparse.Namespace) -> int:
         return 0
     from consumers.audit.writer import run_audit_writer
 
-    run = {"relay": run_relay, "router": run_router, "audit": run_audit_writer}[args.name]
+    run = {
+        "relay": run_relay,
+        "router": run_router,
+        "escalation": _run_escalation,
+        "audit": run_audit_writer,
+    }[args.name]
     lane = None if args.lane == "all" else args.lane
     if lane == "audit" and args.name != "relay":
         return _refuse("--lane audit is a relay lane (the audit records' consumer is `audit`)")
@@ -268,6 +280,10 @@ def cmd_worker(args: argparse.Namespace) -> int:
         hub = Hub(settings)
         try:
             await hub.start(workers=False, prepared=args.prepared)
+            if args.name == "router":
+                # Escalation timers are started by the router: the router process fires them
+                # too (several router processes: each step still fires once).
+                hub.spawn_escalation()
             await keep_running(hub, args.name, worker)  # a database restart is ridden out
         except asyncio.CancelledError:
             task.uncancel()
@@ -337,9 +353,71 @@ def cmd_keys_rotate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _export_bounds(
+    since: str | None, until: str | None, timezone: str
+) -> tuple[datetime | None, datetime | None]:
+    """``--since`` from the start of its date (or instant), ``--until`` to the end of its date
+    inclusive: ``--since 2026-11-01 --until 2026-11-30`` is November in the hub's time zone."""
+    from zoneinfo import ZoneInfo
+
+    from services.audit.service import date_interval
+
+    zone = ZoneInfo(timezone)
+    start = date_interval("--since", since, zone)[1] if since else None
+    end = date_interval("--until", until, zone)[2] if until else None
+    return start, end
+
+
+def cmd_audit_export(args: argparse.Namespace) -> int:
+    """The trail of a period as NDJSON (verifiable) or CSV, to a file or stdout."""
+    from renkei.db import migrate
+    from renkei.hub import Hub
+    from schemas.audit import AuditAction
+    from services.audit import export, service
+    from services.audit.emit import HUB_CLI, emit, hub_agent
+    from services.errors import FhirError
+    from services.progress import Progress
+
+    settings = get_settings()
+    try:
+        since, until = _export_bounds(args.since, args.until, settings.timezone)
+    except FhirError as error:
+        return _refuse(error.issues[0].diagnostics)
+
+    async def run(out: TextIO) -> int:
+        hub = Hub(settings)
+        try:
+            await migrate(hub.engine)
+            async with hub.sessions() as session:
+                total = await service.count_period(session, since, until)
+                line = Progress("exported", total, enabled=args.progress or None)
+                done = await export.export_period(
+                    session, out, since, until, args.format, progress=line.update
+                )
+                line.finish()
+                # Taking the trail out of the hub is itself on the trail.
+                detail = {"format": args.format, "records": done,
+                          "since": since.isoformat() if since else None,
+                          "until": until.isoformat() if until else None}  # fmt: skip
+                await emit(session, hub_agent(settings.region_org, HUB_CLI),
+                           AuditAction.AUDIT_EXPORTED, detail=detail)  # fmt: skip
+                await session.commit()
+            return done
+        finally:
+            await hub.engine.dispose()
+
+    if args.output:
+        with open(args.output, "w", encoding="utf-8", newline="") as out:
+            done = asyncio.run(run(out))
+    else:
+        done = asyncio.run(run(sys.stdout))
+        sys.stdout.flush()
+    print(f"exported {done} audit records ({args.format})", file=sys.stderr)
+    return 0
+
+
 def _since(text: str | None, timezone: str) -> Any:
     """--since: a date (midnight in the hub's time zone) or an ISO date-time."""
-    from datetime import datetime
     from zoneinfo import ZoneInfo
 
     if text is None:
@@ -494,9 +572,9 @@ def parser() -> argparse.ArgumentParser:
     dev_ca.set_defaults(func=cmd_dev_ca)
 
     worker = commands.add_parser(
-        "worker", help="run one worker (http, relay, router or the audit writer) alone"
+        "worker", help="run one worker (http, relay, router, escalation or audit) alone"
     )
-    worker.add_argument("name", choices=["http", "relay", "router", "audit"])
+    worker.add_argument("name", choices=["http", "relay", "router", "escalation", "audit"])
     worker.add_argument(
         "--prepared",
         action="store_true",
@@ -523,8 +601,19 @@ def parser() -> argparse.ArgumentParser:
     forget.add_argument("--yes", action="store_true", help="do not ask for confirmation")
     forget.set_defaults(func=cmd_patient_forget)
 
-    audit = commands.add_parser("audit", help="the audit trail: verify, archive")
+    audit = commands.add_parser("audit", help="the audit trail")
     audit_commands = audit.add_subparsers(dest="audit_command", required=True)
+    audit_export = audit_commands.add_parser(
+        "export", help="records of a period as NDJSON (verifiable) or CSV"
+    )
+    audit_export.add_argument(
+        "--since", help="from this date or instant (YYYY-MM-DD: the hub's time zone)"
+    )
+    audit_export.add_argument("--until", help="to the end of this date or instant, inclusive")
+    audit_export.add_argument("--format", choices=["ndjson", "csv"], default="ndjson")
+    audit_export.add_argument("--output", help="write to this file (default: stdout)")
+    audit_export.add_argument("--progress", action="store_true", help=PROGRESS_HELP)
+    audit_export.set_defaults(func=cmd_audit_export)
     verify = audit_commands.add_parser(
         "verify", help="walk the hash chain and the signed checkpoints (exit 0 only when intact)"
     )

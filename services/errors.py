@@ -62,11 +62,12 @@ def install_error_handlers(app: FastAPI) -> None:
         ]
         return outcome_response(400, issues)
 
-    @app.exception_handler(sa_exc.OperationalError)
-    @app.exception_handler(sa_exc.InterfaceError)
+    @app.exception_handler(sa_exc.DBAPIError)
     @app.exception_handler(sa_exc.TimeoutError)
-    @app.exception_handler(ConnectionError)
-    async def database_unavailable(_request: Request, error: Exception) -> JSONResponse:
+    @app.exception_handler(OSError)
+    async def database_error(request: Request, error: Exception) -> JSONResponse:
+        if not database_unavailable(error):
+            return await unexpected(request, error)
         # The database is away (stopped, restarting, unreachable, a SQLite lock held too long):
         # nothing was stored, so the sender may simply retry. 503, never a 500 or a silent 2xx.
         log.warning("database unavailable (%s); answered 503", type(error).__name__)
@@ -85,6 +86,45 @@ def install_error_handlers(app: FastAPI) -> None:
         )
 
     @app.exception_handler(Exception)
+    async def unexpected_error(request: Request, error: Exception) -> JSONResponse:
+        return await unexpected(request, error)
+
     async def unexpected(_request: Request, error: Exception) -> JSONResponse:
         log.exception("unhandled error (%s)", type(error).__name__)
         return outcome_response(500, [Issue("error", "exception", "internal error", None)])
+
+
+# PostgreSQL SQLSTATE classes of a server that is away: 08 connection exception, 57 operator
+# intervention (shutting down, starting up, terminated by the administrator).
+_AWAY_SQLSTATE_CLASSES = ("08", "57")
+
+
+def database_unavailable(error: BaseException) -> bool:
+    """The database (not the request) failed: stopped, restarting, its socket gone, a SQLite
+    lock held too long. An integrity or programming error is not this: it stays a 500."""
+    if isinstance(error, (sa_exc.OperationalError, sa_exc.InterfaceError, sa_exc.TimeoutError)):
+        return True
+    if isinstance(error, sa_exc.DBAPIError):
+        sqlstate = getattr(error.orig, "sqlstate", None) or ""
+        return (
+            error.connection_invalidated
+            or sqlstate[:2] in _AWAY_SQLSTATE_CLASSES
+            # asyncpg's connection left mid-protocol by a server that went away
+            or type(error.orig).__name__ == "InternalClientError"
+        )
+    # Connecting failed below SQLAlchemy (asyncpg: the Unix socket is gone, refused, reset);
+    # an OSError of anything else (a key file missing) is the hub's own fault, a 500.
+    return isinstance(error, OSError) and _raised_in_database_driver(error)
+
+
+_DRIVER_MODULES = ("asyncpg", "aiosqlite", "sqlalchemy")
+
+
+def _raised_in_database_driver(error: BaseException) -> bool:
+    tb = error.__traceback__
+    while tb is not None:
+        module = tb.tb_frame.f_globals.get("__name__", "")
+        if module.split(".", 1)[0] in _DRIVER_MODULES:
+            return True
+        tb = tb.tb_next
+    return False

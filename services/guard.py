@@ -36,6 +36,9 @@ _JSON_TYPES = frozenset({"application/fhir+json", "application/json"})
 # The OAuth token endpoint takes a form (RFC 6749 4.4) and answers a wrong body itself, as an
 # OAuth error (invalid_request) rather than an OperationOutcome: its clients expect that shape.
 _FORM_PATHS = frozenset({"/oauth/token"})
+# Searches that define a repeated parameter as AND: the audit trail's date range
+# (date=ge2026-11-01&date=lt2026-12-01). Everywhere else a repeat is refused.
+REPEATABLE_PARAMETERS: dict[str, frozenset[str]] = {"/fhir/AuditEvent": frozenset({"date"})}
 _DIGITS = re.compile(r"^[0-9]{1,18}$")
 
 # Cached or shown only where nothing is about a patient: the CapabilityStatement and the
@@ -100,7 +103,7 @@ def target_problem(
         where = _safe_name(name)
         if "\x00" in name or "\x00" in value:
             return 400, "value", "a query parameter contains a NUL character", where
-        if name in seen:
+        if name in seen and name not in REPEATABLE_PARAMETERS.get(path, frozenset()):
             # FHIR reads a repeat as AND; no search here defines it, and silently keeping one
             # of the values would answer a different question than the one asked.
             text = "a query parameter is given twice; give it once (values separated by commas)"

@@ -20,4 +20,5 @@ SEARCHES = [
     *((f"/fhir/{t}", (HOSPITAL, "member")) for t in REGISTRY_TYPES),
     ("/fhir/Communication", (HOSPITAL, "member")),
     ("/admin/unmatched-events", REGION),
+    ("/fhir/AuditEvent", ("region-office", "auditor")),
 ]

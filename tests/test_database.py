@@ -103,6 +103,19 @@ async def test_a_stream_waits_for_its_earlier_row_held_by_a_crashed_relay(db_ses
     assert await other.claim() == []
 
 
+async def test_a_live_relay_keeps_its_claims_a_dead_one_loses_them_fast(db_sessions) -> None:
+    await _events_with_outbox(db_sessions, 3)
+    slow = OutboxRelay(db_sessions, None, Settings(relay_claim_seconds=0.6), relay_id="slow")  # type: ignore[arg-type]
+    other = OutboxRelay(db_sessions, None, Settings(relay_claim_seconds=30), relay_id="other")  # type: ignore[arg-type]
+    assert len(await slow.claim()) == 3
+    for _ in range(4):  # 1.2 s in flight, twice the claim: renewed, never taken over
+        await asyncio.sleep(0.3)
+        await slow._renew_claims()
+        assert await other.claim() == []
+    await asyncio.sleep(0.7)  # the slow relay stops renewing (killed): its claims run out
+    assert len(await other.claim()) == 3
+
+
 async def test_notification_writes_are_idempotent(db_sessions) -> None:
     [event_id] = await _events_with_outbox(db_sessions, 1)
     row = {
@@ -116,7 +129,7 @@ async def test_notification_writes_are_idempotent(db_sessions) -> None:
                 session,
                 Notification.__table__,
                 [{**row, "id": str(uuid.uuid4())}],
-                ["event_id", "recipient"],
+                ["event_id", "recipient", "escalation_step"],
             )
             await session.execute(statement)
             await session.commit()

@@ -40,3 +40,39 @@ async def test_intake_answers_503_while_the_database_is_away(tmp_path: Path, eng
     assert outcome["resourceType"] == "OperationOutcome"
     assert outcome["issue"][0]["code"] == "transient"
     assert "renkei" not in response.text and "nonexistent" not in response.text
+
+
+async def test_a_missing_database_socket_is_503_too(tmp_path: Path) -> None:
+    # The Unix socket of a stopped PostgreSQL is gone: asyncpg raises FileNotFoundError.
+    url = "postgresql+asyncpg://renkei@/renkei?host=/nonexistent-socket-dir"
+    hub = Hub(make_settings(tmp_path, url, None))
+    transport = httpx.ASGITransport(app=create_app(hub), raise_app_exceptions=False)
+    async with httpx.AsyncClient(transport=transport, base_url="http://hub") as client:
+        response = await client.post(
+            "/fhir/$process-message",
+            json=message(EventType.ADMISSION, "p01"),
+            headers=headers(hub, "misawa-general-hospital"),
+        )
+    await hub.engine.dispose()
+    assert response.status_code == 503, response.text
+    assert response.json()["issue"][0]["code"] == "transient"
+
+
+def test_what_counts_as_the_database_away() -> None:
+    from sqlalchemy import exc as sa_exc
+
+    from services.errors import database_unavailable
+
+    class PgError(Exception):
+        def __init__(self, sqlstate: str | None) -> None:
+            self.sqlstate = sqlstate
+
+    def dbapi(cls, sqlstate):  # noqa: ANN001, ANN202
+        return cls("SELECT 1", {}, PgError(sqlstate))
+
+    assert database_unavailable(dbapi(sa_exc.DBAPIError, "57P01"))  # admin shutdown
+    assert database_unavailable(dbapi(sa_exc.DBAPIError, "57P03"))  # cannot connect now
+    assert database_unavailable(dbapi(sa_exc.DBAPIError, "08006"))  # connection failure
+    assert not database_unavailable(dbapi(sa_exc.IntegrityError, "23505"))  # a bug: 500
+    assert not database_unavailable(dbapi(sa_exc.ProgrammingError, "42P01"))
+    assert not database_unavailable(FileNotFoundError("keys/signing.json"))  # not the driver

@@ -376,3 +376,39 @@ async def test_after_the_broker_returns_unrouted_earlier_sends_are_redriven_earl
         await session.commit()
     assert await relay.maybe_redrive() == 0  # once per recovery
     assert await sent_at() is not None
+
+
+async def test_an_event_twice_in_one_batch_is_routed_once(db_sessions) -> None:
+    """The broker delivered a record twice and both copies came in one poll: one set of
+    notifications and one notification record per recipient, not two."""
+    from zoneinfo import ZoneInfo
+
+    from consumers.routing.service import route_events
+    from consumers.routing.table import DEFAULT_ROUTING
+    from services.demo_region import region_resources
+    from services.registry import service as registry
+
+    async with db_sessions() as session:
+        for resource in region_resources():
+            await registry.write(session, resource["resourceType"], resource, resource["id"])
+        event_id = str(uuid.uuid4())
+        session.add(
+            Event(id=event_id, sender_org_id="misawa-general-hospital", message_id="m-twice",
+                  event_type="admission", status="accepted", patient_id="p01",
+                  patient_key=await registry.patient_key(session, "p01"), accepted_at=utcnow(),
+                  bundle={}, content_sha256="0" * 64)
+        )  # fmt: skip
+        await session.flush()
+        event = await session.get(Event, event_id)
+        outcomes = await route_events(
+            session, [event, event], DEFAULT_ROUTING, ZoneInfo("Asia/Tokyo"), "opt-in"
+        )
+        await session.commit()
+        notifications = (await session.scalars(select(Notification))).all()
+        records = (
+            await session.scalars(
+                select(OutboxRecord).where(OutboxRecord.topic == NOTIFICATION_TOPIC)
+            )
+        ).all()
+    assert notifications and outcomes[1].already_routed and not outcomes[0].already_routed
+    assert len(records) == len(notifications) == outcomes[0].notified

@@ -35,7 +35,8 @@ FUZZ = settings(
 PARAMETER_NAMES = [
     "_count", "_offset", "_id", "identifier", "patient", "subject", "organization",
     "practitioner", "participant", "status", "category", "priority", "_since",
-    "received:missing",
+    "received:missing", "agent", "entity", "entity-type", "date", "type", "subtype", "action",
+    "outcome", "_sort",
 ]  # fmt: skip
 
 ODD_TEXT = ["\x00", "\ud800", "\udfff", "\ufeff", "\u202e", "𠮷", "\uffff", "三沢\x00花子", "²"]

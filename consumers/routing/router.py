@@ -39,6 +39,7 @@ from schemas.envelope import (
 )
 from schemas.topics import DLQ_TOPIC, LANE_URGENT, LANES, event_topics_of
 from services import metrics
+from services.escalation.service import escalation_window
 from services.intake.models import STATUS_FORGOTTEN, Event
 
 log = logging.getLogger(__name__)
@@ -224,6 +225,7 @@ class Router:
                 self.table,
                 self.zone,
                 self.settings.consent_default,
+                escalation_window=escalation_window(self.settings),
             )
             await session.commit()
         return [(r.event, outcome) for r, outcome in zip(routable, outcomes, strict=True)]

@@ -280,6 +280,30 @@ def sharing_decision(
     return ConsentDecision(True, BREAK_GLASS)
 
 
+def escalation_decision(
+    consents: list[dict[str, Any]],
+    org_id: str,
+    reference: str,
+    role: CareTeamRole | None,
+    at: datetime,
+    zone: ZoneInfo,
+    default: str,
+    break_glass: bool,
+) -> ConsentDecision:
+    """May an escalation step of an acute change reach this recipient now?
+
+    The same rules as routing, read again at the step's time (a Consent withdrawn since the
+    event stops the escalation too): the Consent, overridden by break-glass for the roles it
+    covers (the backup physician and the emergency hospital are; ``role`` None, the region
+    office, is not: it is told only when the patient's Consent permits it).
+    """
+    event_type = EventType.ACUTE_CHANGE
+    consent = consent_decision(consents, org_id, at, zone, default, event_type, reference)
+    if role is None:
+        return consent
+    return sharing_decision(consent, event_type, break_glass, role)
+
+
 # -- what is due, and by when -----------------------------------------------------------------
 
 # Business hours end at 17:00 local time: a care manager told of an admission after that has

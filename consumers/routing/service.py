@@ -34,6 +34,7 @@ from schemas.envelope import notification_record_aad
 from schemas.events import CareTeamRole, EventType
 from schemas.notification_record import NotificationRecord
 from schemas.topics import NOTIFICATION_TOPIC, lane_of
+from services.escalation.service import start_escalations
 from services.intake.models import Event
 from services.notifications.models import Notification
 from services.registry import service as registry
@@ -154,6 +155,7 @@ async def route_events(
     zone: ZoneInfo,
     consent_default: str,
     lookups: RoutingLookups | None = None,
+    escalation_window: timedelta | None = None,
 ) -> list[RoutingOutcome]:
     """Write the events' notifications and suppressions and mark them routed (caller commits).
 
@@ -161,6 +163,9 @@ async def route_events(
     takes their rows: when two routers get the same event at once (a rebalance, a redelivery)
     the second finds it routed and writes nothing. ``routed_at`` grows strictly in the order
     given, so it still witnesses the order of one patient's events within a batch.
+
+    ``escalation_window``: each acute change given a stat notification gets its escalation
+    timer in this same transaction (services/escalation), due after the window; None: none.
     """
     if not events:
         return []
@@ -175,6 +180,9 @@ async def route_events(
         if event.id not in claimed:
             outcomes.append(RoutingOutcome(0, 0, already_routed=True))
             continue
+        # Once per event even when the batch holds it twice (a record the broker delivered
+        # twice lands next to itself): the second is already routed, by this transaction.
+        claimed.discard(event.id)
         mine, withheld = _decide(event, table, zone, consent_default, lookups, now)
         notifications += mine
         suppressed += withheld
@@ -188,7 +196,9 @@ async def route_events(
         )
     if notifications:
         await session.execute(
-            insert_ignore_many(session, Notification.__table__, ["event_id", "recipient"]),
+            insert_ignore_many(
+                session, Notification.__table__, ["event_id", "recipient", "escalation_step"]
+            ),
             notifications,
         )
     if suppressed:
@@ -201,12 +211,14 @@ async def route_events(
         by_event.setdefault(n["event_id"], []).append(n)
     records: list[dict] = []
     keyring = keyring_of(session)
-    for event in events:
+    for event in {e.id: e for e in events}.values():
         if event.id in by_event:
             key = await keyring.patient_dek(session, event.patient_id or "")
             records += _notification_records(session, event, by_event[event.id], key)
     if records:
         await session.execute(insert(OutboxRecord.__table__), records)  # Core executemany
+    if escalation_window is not None:
+        await start_escalations(session, notifications, escalation_window)
     return outcomes
 
 
@@ -316,6 +328,8 @@ def _notification_records(
             due_at=n["due_at"].isoformat() if n["due_at"] else None,
             content=n["content"],
             break_glass=n["break_glass"],
+            escalation_step=n.get("escalation_step", 0),
+            escalation_of=n.get("escalation_of"),
         )
         rows.append(
             {

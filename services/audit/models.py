@@ -76,7 +76,7 @@ class AuditArchive(Base):
     The live chain goes on from ``last_hash`` (the next live record's ``prev_hash``), so verify
     passes across the cut. The row is signed like a checkpoint (over ``archive_document``) and
     is append-only like the records; on PostgreSQL the delete trigger lets the archive remove
-    only records that such a row covers (migration 0010).
+    only records that such a row covers (migration 0012).
     """
 
     __tablename__ = "audit_archive"

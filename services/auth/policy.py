@@ -32,6 +32,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from consumers.routing.rules import care_team_members
 from renkei.db import utcnow
 from renkei.settings import Settings
+from services.audit.service import AuditScope
 from services.auth.dependencies import current_principal
 from services.auth.service import Principal, Role
 from services.clients import scopes
@@ -123,6 +124,18 @@ ROUTE_RULES: dict[tuple[str, str], Rule] = {
     # Auditors review access to patient data; the hub's load is not theirs to watch.
     ("GET", "/metrics"): Rule(
         frozenset({R.REGION_ADMIN, R.SYSTEM}), "region office only", ("Metrics", "r")
+    ),
+    # The audit trail: auditors only (they review, they do not treat); which records each
+    # sees is audit_scope below.
+    ("GET", "/fhir/AuditEvent"): Rule(
+        frozenset({R.AUDITOR}),
+        "region office: the whole region; others: own agents and own data",
+        ("AuditEvent", "s"),
+    ),
+    ("GET", "/fhir/AuditEvent/{record_id}"): Rule(
+        frozenset({R.AUDITOR}),
+        "region office: the whole region; others: own agents and own data",
+        ("AuditEvent", "r"),
     ),
     **_registry_rules(),
 }
@@ -237,6 +250,21 @@ def patient_filter(scope: PatientScope, resource_type: str) -> Iterable[str] | N
     if resource_type in DIRECTORY_TYPES or scope.everyone:
         return None
     return scope.patient_ids
+
+
+# --------------------------------------------------------------------------------------------
+# The audit trail: which records an auditor reviews
+
+
+def audit_scope(principal: Principal, settings: Settings) -> AuditScope:
+    """The region office's auditor sees the whole region; another organization's auditor sees
+    what its own people and systems did (agent) and who accessed what it sent (source). Anyone
+    else sees nothing (the route rule already refused them; this holds for other callers)."""
+    if principal.role != Role.AUDITOR:
+        return AuditScope(False)
+    if principal.org_id == settings.region_org:
+        return AuditScope(True)
+    return AuditScope(False, principal.org_id)
 
 
 # --------------------------------------------------------------------------------------------

@@ -7,6 +7,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from renkei.hub import Hub
 from schemas.canonical import CANONICAL_BASE
+from schemas.events import EventType
 from schemas.json_safety import UnsafeJson, load_json
 from schemas.message import parse_message
 from schemas.outcome import accepted_outcome
@@ -25,6 +26,8 @@ from services.throttle import message_slot
 
 router = APIRouter()
 
+ACUTE_CHANGE_CODE = f'"{EventType.ACUTE_CHANGE.value}"'.encode()
+
 # Extensions on the unmatched-event summaries (FHIR extension URLs must be absolute).
 UNMATCHED = f"{CANONICAL_BASE}/StructureDefinition/unmatched"
 
@@ -39,7 +42,9 @@ async def process_message(
     # The size limit is the guard's (services/guard.py); parsing and FHIR validation are CPU
     # work, done in a worker thread so the event loop keeps answering everyone else.
     raw = await request.body()
-    message = await offload.run_cpu(parse_message, raw)
+    # Scheduling only (the validated event type decides everything else): a body that names
+    # the acute-change event is validated ahead of the queue.
+    message = await offload.run_cpu(parse_message, raw, urgent=ACUTE_CHANGE_CODE in raw)
     note_event_type(request, message.event_type)
     # Stored with the other messages arriving now, in one transaction (services/intake/queue).
     result = await request.app.state.intake.accept(message, principal.org_id)

@@ -7,7 +7,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from consumers.routing.rules import due_for
+from consumers.routing.rules import Due, due_for
 from schemas.canonical import (
     ACT_REASON_SYSTEM,
     BREAK_THE_GLASS,
@@ -49,14 +49,45 @@ class Shown:
     bundle: dict[str, Any] | None
 
 
+ESCALATION_EXTENSION = f"{STATUS_EXTENSION}/escalation"
+_ESCALATED_TO = {
+    1: ("副主治医", "the backup physician"),
+    2: ("急変時入院先", "the emergency hospital"),
+    3: ("地域連携相談窓口", "the region office"),
+}
+
+
+def _care_team_role(notification: Notification) -> CareTeamRole | None:
+    """The recipient's care-team role; None for the region office (an escalation's last step)."""
+    try:
+        return CareTeamRole(notification.care_team_role)
+    except ValueError:
+        return None
+
+
+def _escalation_due(notification: Notification) -> Due:
+    ja, en = _ESCALATED_TO.get(notification.escalation_step, ("", "you"))
+    return Due(
+        notification.due_at,
+        f"エスカレーション（第{notification.escalation_step}段・{ja}宛）: "
+        "急変の通知に対応済の記録がありません。至急確認してください",
+        f"Escalation (step {notification.escalation_step}, to {en}): nobody has acknowledged "
+        "this acute change; respond now",
+    )
+
+
 def to_communication(  # noqa: ANN001 - zone: ZoneInfo
     notification: Notification, event: Event, zone, shown: Shown
 ) -> dict[str, Any]:
     event_type = EventType(notification.category)
     rule = EVENT_RULES[event_type]
-    role = CareTeamRole(notification.care_team_role)
+    role = _care_team_role(notification)
     at = event.occurred_at or event.accepted_at
-    due = due_for(event_type, role, notification.priority, at, zone)
+    if notification.escalation_step:
+        due = _escalation_due(notification)
+    else:
+        due = due_for(event_type, role or CareTeamRole.PRIMARY_PHYSICIAN,
+                      notification.priority, at, zone)  # fmt: skip
     when = at.astimezone(zone).strftime("%Y-%m-%d %H:%M")
     text = f"【{rule.display_ja}】{shown.patient_name} 様（{when}）: {due.text_ja}"
     communication: dict[str, Any] = {
@@ -83,14 +114,9 @@ def to_communication(  # noqa: ANN001 - zone: ZoneInfo
         "recipient": [{"reference": notification.recipient}],
         "sender": {"reference": f"Organization/{event.sender_org_id}"},
         "reasonCode": [
-            {
-                "coding": [
-                    {
-                        "system": CARE_TEAM_ROLE_SYSTEM,
-                        "code": role.value,
-                    }
-                ]
-            }
+            {"coding": [{"system": CARE_TEAM_ROLE_SYSTEM, "code": role.value}]}
+            if role is not None
+            else {"text": notification.care_team_role}  # the region office: no team role
         ],
         "payload": [{"contentString": text}, {"contentString": due.text_en}],
         "extension": [{"url": CONTENT_LEVEL_EXTENSION, "valueCode": notification.content}],
@@ -120,6 +146,23 @@ def to_communication(  # noqa: ANN001 - zone: ZoneInfo
     if due.at is not None:
         communication["extension"].append(
             {"url": f"{STATUS_EXTENSION}/due-by", "valueDateTime": due.at.isoformat()}
+        )
+    if notification.escalation_step:
+        # An escalation step (services/escalation): which one, and the stat notification
+        # nobody acknowledged in time.
+        communication["extension"].append(
+            {
+                "url": ESCALATION_EXTENSION,
+                "extension": [
+                    {"url": "step", "valueInteger": notification.escalation_step},
+                    {
+                        "url": "escalationOf",
+                        "valueReference": {
+                            "reference": f"Communication/{notification.escalation_of}"
+                        },
+                    },
+                ],
+            }
         )
     if notification.acknowledged_at is not None:
         communication["extension"].append(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import Boolean, ForeignKey, Index, String, UniqueConstraint, false
+from sqlalchemy import Boolean, ForeignKey, Index, Integer, String, UniqueConstraint, false
 from sqlalchemy.orm import Mapped, mapped_column
 
 from renkei.db import Base, UTCDateTime
@@ -13,8 +13,11 @@ from renkei.db import Base, UTCDateTime
 class Notification(Base):
     __tablename__ = "notification"
     __table_args__ = (
-        # A redelivered Kafka record must create nothing new.
-        UniqueConstraint("event_id", "recipient", name="uq_notification_event_recipient"),
+        # A redelivered Kafka record must create nothing new; an escalation step is a
+        # notification of its own to a recipient the routing may already have notified.
+        UniqueConstraint(
+            "event_id", "recipient", "escalation_step", name="uq_notification_event_recipient_step"
+        ),
         Index("ix_notification_org_sent", "recipient_org_id", "sent"),
     )
 
@@ -41,3 +44,8 @@ class Notification(Base):
     # Why it was shared (consumers/routing/rules.py: consent-permit, opt-out-default,
     # break-glass); None for notifications routed before the reason was recorded.
     reason: Mapped[str | None] = mapped_column(String(40), nullable=True)
+    # Escalation (services/escalation): 0 for what the router wrote; 1 (backup physician),
+    # 2 (emergency hospital) or 3 (region office) for a step of an unanswered stat acute
+    # change, with ``escalation_of`` the stat notification whose chain it continues.
+    escalation_step: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    escalation_of: Mapped[str | None] = mapped_column(String(36), nullable=True)

@@ -11,6 +11,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from renkei.db import utcnow
 from services.auth.service import Principal
 from services.errors import FhirError
+from services.escalation.service import STAT, stop_escalation
 from services.intake.models import Event
 from services.intake.service import event_bundle
 from services.notifications.communication import FORGOTTEN_PATIENT, UNNAMED_PATIENT, Shown
@@ -130,6 +131,9 @@ async def acknowledge(session: AsyncSession, principal: Principal, notification_
         notification.read_by = notification.read_by or _who(principal)
         notification.acknowledged_at = now
         notification.acknowledged_by = _who(principal)
+        if notification.priority == STAT:
+            # Someone is acting on the acute change: nobody else needs to be chased.
+            await stop_escalation(session, notification.event_id, now)
         await session.commit()
     return notification, event
 

@@ -20,6 +20,7 @@ from schemas.canonical import (
     EVENT_SYSTEM,
 )
 from schemas.message import break_glass_reason
+from services.audit.fhir import DICOM, HUB_OBSERVER, PARTICIPATION
 from services.auth.policy import caller
 from services.auth.service import Principal
 from services.dependencies import get_session
@@ -33,8 +34,6 @@ router = APIRouter(prefix="/admin/break-glass")
 
 REVIEW_EXTENSION = f"{CANONICAL_BASE}/StructureDefinition/break-glass-review"
 DECISION_EXTENSION = f"{CANONICAL_BASE}/StructureDefinition/routing-decision"
-PARTICIPATION = "http://terminology.hl7.org/CodeSystem/v3-ParticipationType"
-DICOM = "http://dicom.nema.org/resources/ontology/DCM"
 
 
 def _reviewed(value: str | None) -> bool | None:
@@ -72,9 +71,7 @@ async def review(
     session: AsyncSession = Depends(get_session),
 ) -> JSONResponse:
     entry = await service.mark_reviewed(session, office, event_id)
-    return JSONResponse(
-        as_audit_event(entry, await _reason(session, entry)), media_type=FHIR_JSON
-    )
+    return JSONResponse(as_audit_event(entry, await _reason(session, entry)), media_type=FHIR_JSON)
 
 
 async def _reason(session: AsyncSession, entry: BreakGlassEntry) -> str:
@@ -108,8 +105,11 @@ def as_audit_event(entry: BreakGlassEntry, reason: str) -> dict[str, Any]:
         "purposeOfEvent": [
             {
                 "coding": [
-                    {"system": ACT_REASON_SYSTEM, "code": BREAK_THE_GLASS,
-                     "display": "break the glass"}
+                    {
+                        "system": ACT_REASON_SYSTEM,
+                        "code": BREAK_THE_GLASS,
+                        "display": "break the glass",
+                    }
                 ],
                 "text": reason,
             }
@@ -122,7 +122,7 @@ def as_audit_event(entry: BreakGlassEntry, reason: str) -> dict[str, Any]:
             },
             *recipients,
         ],
-        "source": {"observer": {"display": "Renkei Hub"}},
+        "source": {"observer": HUB_OBSERVER},
         "entity": [
             {"what": {"identifier": {"system": EVENT_ID_SYSTEM, "value": event.id}}},
             {"what": {"reference": f"Patient/{event.patient_id}"}} if event.patient_id else None,

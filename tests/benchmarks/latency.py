@@ -5,8 +5,12 @@ SQLite unless RENKEI_KAFKA_BOOTSTRAP / RENKEI_DATABASE_URL are set), loads the d
 HTTP, then posts N admissions one after the other. For each, the clock runs from sending the
 POST until the care manager's ``GET /fhir/Communication`` (polled every 2 ms) lists it.
 
-    make bench                     # 100 events, prints median / p90 / p99 / max
+    make bench-latency             # 100 events, prints median / p90 / p99 / max
     .venv/bin/python -m tests.benchmarks.latency --events 300
+
+On the embedded SQLite it also splits each event's time by the hub's own timestamps: accepted
+(the intake's commit) -> published (the relay marked the outbox row sent) -> routed (the
+router's commit), so a slow stage shows which one it is.
 """
 
 from __future__ import annotations
@@ -94,6 +98,7 @@ def main() -> int:
         finally:
             hub.terminate()
             hub.wait(timeout=30)
+        stages = stage_split(data_dir / "renkei.sqlite3")
     engine = "apache-kafka" if os.environ.get("RENKEI_KAFKA_BOOTSTRAP") else "tansu (embedded)"
     url = os.environ.get("RENKEI_DATABASE_URL", "")
     database = "postgresql" if "postgresql" in url else "sqlite"
@@ -104,7 +109,36 @@ def main() -> int:
         f"median {statistics.median(ms):.1f} ms  p90 {percentile(ms, 0.9):.1f} ms  "
         f"p99 {percentile(ms, 0.99):.1f} ms  max {max(ms):.1f} ms  min {min(ms):.1f} ms"
     )
+    for name, values in stages.items():
+        print(f"  {name:<28} median {statistics.median(values):6.1f} ms  "
+              f"p90 {percentile(values, 0.9):6.1f} ms")  # fmt: skip
     return 0
+
+
+def stage_split(database: Path) -> dict[str, list[float]]:
+    """Milliseconds per stage from the hub's timestamps (SQLite only; empty otherwise)."""
+    if os.environ.get("RENKEI_DATABASE_URL") or not database.exists():
+        return {}
+    import sqlite3
+    from datetime import datetime
+
+    def at(value: str) -> datetime:
+        return datetime.fromisoformat(value)
+
+    with sqlite3.connect(database) as connection:
+        rows = connection.execute(
+            "SELECT e.accepted_at, o.sent_at, e.routed_at FROM event e JOIN outbox o"
+            " ON o.event_id = e.id AND o.topic LIKE 'renkei.event.%'"
+            " WHERE e.routed_at IS NOT NULL AND o.sent_at IS NOT NULL"
+        ).fetchall()
+    split: dict[str, list[float]] = {"accepted -> published (relay)": [],
+                                     "published -> routed (router)": []}  # fmt: skip
+    for accepted, sent, routed in rows:
+        split["accepted -> published (relay)"].append(
+            (at(sent) - at(accepted)).total_seconds() * 1e3
+        )
+        split["published -> routed (router)"].append((at(routed) - at(sent)).total_seconds() * 1e3)
+    return split if rows else {}
 
 
 if __name__ == "__main__":

@@ -48,11 +48,12 @@ from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.structs import OffsetAndMetadata
 from sqlalchemy import func, select
 
+from consumers.routing.router import URGENT_GROUP_SUFFIX
 from deploy.kafka.cluster import KafkaCluster
 from producers.models import OutboxRecord
 from renkei.hub import Hub
 from schemas.events import EventType
-from schemas.topics import NOTIFICATION_TOPIC
+from schemas.topics import LANE_URGENT, LANES, NOTIFICATION_TOPIC, event_topics_of
 from services.intake.models import STATUS_ACCEPTED, Event
 from services.notifications.models import Notification
 from tests.conftest import make_settings
@@ -644,14 +645,28 @@ async def double_delivery(ctx: Context) -> None:
     )
 
 
+def router_groups(stage: Stage) -> dict[str, set[str]]:
+    """Each lane's router has its consumer group: group id -> the (prefixed) topics it reads."""
+    return {
+        stage.settings.router_group_id + (URGENT_GROUP_SUFFIX if lane == LANE_URGENT else ""): {
+            stage.settings.topic(t) for t in event_topics_of(lane)
+        }
+        for lane in LANES
+    }
+
+
 async def group_offsets(stage: Stage) -> dict[TopicPartition, int]:
+    """The committed offsets of every event partition, from the group of its lane's router."""
     admin = AIOKafkaAdminClient(bootstrap_servers=stage.cluster.bootstrap)
     await admin.start()
+    merged: dict[TopicPartition, int] = {}
     try:
-        offsets = await admin.list_consumer_group_offsets(stage.settings.router_group_id)
+        for group, topics in router_groups(stage).items():
+            offsets = await admin.list_consumer_group_offsets(group)
+            merged |= {tp: meta.offset for tp, meta in offsets.items() if tp.topic in topics}
     finally:
         await admin.close()
-    return {tp: meta.offset for tp, meta in offsets.items()}
+    return merged
 
 
 async def end_offsets_of(stage: Stage) -> dict[TopicPartition, int]:
@@ -669,22 +684,28 @@ async def end_offsets_of(stage: Stage) -> dict[TopicPartition, int]:
 
 
 async def rewind_router(stage: Stage, within: float = 60.0) -> int:
-    """Commit offset 0 for every event partition in the router's group (the group must be
+    """Commit offset 0 for every event partition in its lane router's group (the group must be
     empty: Kafka refuses a commit without a generation while members are in it)."""
     ends = await end_offsets_of(stage)
+    for group, topics in router_groups(stage).items():
+        await _rewind_group(stage, group, [tp for tp in ends if tp.topic in topics], within)
+    return sum(ends.values())
+
+
+async def _rewind_group(
+    stage: Stage, group: str, partitions: list[TopicPartition], within: float
+) -> None:
     started = time.monotonic()
     last: Exception | None = None
     while time.monotonic() - started < within:
         consumer = AIOKafkaConsumer(
-            bootstrap_servers=stage.cluster.bootstrap,
-            group_id=stage.settings.router_group_id,
-            enable_auto_commit=False,
+            bootstrap_servers=stage.cluster.bootstrap, group_id=group, enable_auto_commit=False
         )
         await consumer.start()
         try:
-            consumer.assign(list(ends))
-            await consumer.commit({tp: OffsetAndMetadata(0, "") for tp in ends})
-            return sum(ends.values())
+            consumer.assign(partitions)
+            await consumer.commit({tp: OffsetAndMetadata(0, "") for tp in partitions})
+            return
         except Exception as exc:  # noqa: BLE001 - the dead member's session has not expired yet
             last = exc
         finally:

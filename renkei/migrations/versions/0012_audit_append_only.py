@@ -1,8 +1,8 @@
 """audit trail append-only: triggers refuse UPDATE, DELETE and TRUNCATE of the audit tables;
 the retention cuts (audit_archive) are the only way records leave
 
-Revision ID: 0010
-Revises: 0009
+Revision ID: 0012
+Revises: 0011
 
 The one exception is the retention archive (``renkei audit archive``): it first inserts an
 ``audit_archive`` row (signed, itself append-only) naming the records it wrote to a file, and
@@ -22,8 +22,8 @@ it was used anyway.
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0010"
-down_revision = "0009"
+revision = "0012"
+down_revision = "0011"
 branch_labels = None
 depends_on = None
 
