@@ -61,6 +61,8 @@ class AuditAction(StrEnum):
     TOKEN_REFUSED = "token.refused"  # POST /oauth/token answered with an error
     TOKEN_REVOKED = "token.revoked"
     SIGNIN_FAILED = "signin.failed"  # a request's bearer token did not verify
+    # A signed-in caller the route rules refused (role, scope): services.auth.policy.
+    ACCESS_REFUSED = "access.refused"
     CLIENT_ADDED = "client.added"
     CLIENT_REVOKED = "client.revoked"
     # keys

@@ -85,14 +85,19 @@ def serve_http(settings: Settings, *, listen_fd: int | None, prepared: bool) -> 
 
 
 def _with_database(work: Callable[[Any], Awaitable[Any]]) -> Any:
-    """Run ``work(session)`` against the hub's database (migrated first), committing after."""
+    """Run ``work(session)`` against the hub's database (migrated first), committing after.
+
+    The session carries the hub's keyring: audit records are sealed under the hub's key."""
+    from renkei.crypto import Keyring
     from renkei.db import create_engine, migrate, session_factory
 
     async def run() -> Any:
-        engine = create_engine(get_settings().resolved_database_url)
+        settings = get_settings()
+        engine = create_engine(settings.resolved_database_url)
         try:
             await migrate(engine)
-            async with session_factory(engine)() as session:
+            keyring = Keyring.local(settings.keys_dir, settings.dek_cache_seconds)
+            async with session_factory(engine, keyring)() as session:
                 result = await work(session)
                 await session.commit()
                 return result
@@ -119,6 +124,13 @@ def _organization_registered(settings: Settings, org_id: str) -> bool:
     return _with_database(find)
 
 
+async def _audit(session: Any, action: Any, **fields: Any) -> None:
+    """The command's audit record (agent: the region office's hub:cli), in its transaction."""
+    from services.audit.emit import HUB_CLI, emit, hub_agent
+
+    await emit(session, hub_agent(get_settings().region_org, HUB_CLI), action, **fields)
+
+
 def _refuse(message: str) -> int:
     print(message, file=sys.stderr)
     return 2
@@ -140,15 +152,27 @@ def cmd_token_issue(args: argparse.Namespace) -> int:
             "that organization is not in the registry (register it first); "
             "登録簿にない組織にはトークンを発行できません"
         )
-    print(
-        issue_token(
-            settings.keys_dir,
-            args.org,
-            role,
-            args.practitioner,
-            ttl_seconds=ttl,
+    import jwt
+
+    from schemas.audit import AuditAction
+
+    token = issue_token(settings.keys_dir, args.org, role, args.practitioner, ttl_seconds=ttl)
+    claims = jwt.decode(token, options={"verify_signature": False})
+    # The token is printed only once its token.issued record is committed.
+    _with_database(
+        lambda session: _audit(
+            session,
+            AuditAction.TOKEN_ISSUED,
+            detail={
+                "issued_token": claims["jti"],
+                "subject_org": args.org,
+                "subject_role": role.value,
+                **({"subject_practitioner": args.practitioner} if args.practitioner else {}),
+                "expires_in": ttl,
+            },
         )
     )
+    print(token)
     return 0
 
 
@@ -169,15 +193,29 @@ def cmd_token_revoke(args: argparse.Namespace) -> int:
             return _refuse("that token has no jti")
     if not 0 < len(jti) <= 64:
         return _refuse("a jti has 1 to 64 characters")
-    _with_database(lambda session: revoke_token(session, jti, expires))
+    from schemas.audit import AuditAction
+
+    async def revoke(session: Any) -> None:
+        await revoke_token(session, jti, expires)
+        await _audit(session, AuditAction.TOKEN_REVOKED, detail={"revoked_token": jti})
+
+    _with_database(revoke)
     print(f"revoked {jti} (the hub refuses it within a second)")
     return 0
 
 
 def cmd_keys_rotate_signing(_args: argparse.Namespace) -> int:
+    from schemas.audit import AuditAction
     from services.auth.keys import rotate
 
     kid, deleted = rotate(get_settings().keys_dir, keep_seconds=MAX_LIFETIME_SECONDS + 60)
+    _with_database(
+        lambda session: _audit(
+            session,
+            AuditAction.KEYS_ROTATED,
+            detail={"key": "token-signing", "kid": kid, "deleted": list(deleted)},
+        )
+    )
     for old in deleted:
         print(f"deleted signing key {old} (retired more than a day ago)")
     print(f"new tokens are signed with {kid}; earlier keys verify until their tokens expire")
@@ -194,8 +232,20 @@ def cmd_client_add(args: argparse.Namespace) -> int:
         return _refuse(f"cannot read the JWKS file ({type(error).__name__})")
     if args.org != settings.region_org and not _organization_registered(settings, args.org):
         return _refuse("that organization is not in the registry; 登録簿にない組織です")
+    from schemas.audit import AuditAction, AuditEntity
+
+    async def add(session: Any) -> Any:
+        client = await add_client(session, args.org, args.name, jwks)
+        await _audit(
+            session,
+            AuditAction.CLIENT_ADDED,
+            entities=[AuditEntity(f"Client/{client.id}")],
+            detail={"client_org": args.org, "keys": len(client.jwks["keys"])},
+        )
+        return client
+
     try:
-        client = _with_database(lambda session: add_client(session, args.org, args.name, jwks))
+        client = _with_database(add)
     except (InvalidJwks, ValueError) as error:
         return _refuse(str(error))
     print(f"client {args.name} of {args.org}; its id (iss and sub of its assertions):")
@@ -214,9 +264,18 @@ def cmd_client_list(_args: argparse.Namespace) -> int:
 
 
 def cmd_client_revoke(args: argparse.Namespace) -> int:
+    from schemas.audit import AuditAction, AuditEntity
     from services.clients.service import revoke_client
 
-    if not _with_database(lambda session: revoke_client(session, args.client_id)):
+    async def revoke(session: Any) -> bool:
+        if not await revoke_client(session, args.client_id):
+            return False
+        await _audit(
+            session, AuditAction.CLIENT_REVOKED, entities=[AuditEntity(f"Client/{args.client_id}")]
+        )
+        return True
+
+    if not _with_database(revoke):
         return _refuse("no such client")
     print(f"revoked client {args.client_id}: no new tokens; its tokens stop within a second")
     return 0
@@ -298,6 +357,8 @@ def cmd_patient_forget(args: argparse.Namespace) -> int:
     """Crypto-shred one patient, against the hub's database and keys (same data dir)."""
     from renkei.db import migrate
     from renkei.hub import Hub
+    from schemas.audit import AuditAction, AuditEntity
+    from services.audit.emit import HUB_CLI, hub_agent, new_record
     from services.registry.forget import forget_patient
 
     if not args.yes:
@@ -315,7 +376,13 @@ def cmd_patient_forget(args: argparse.Namespace) -> int:
         try:
             await migrate(hub.engine)
             async with hub.sessions() as session:
-                return await forget_patient(session, args.patient_id)
+                audit = new_record(
+                    hub_agent(hub.settings.region_org, HUB_CLI),
+                    AuditAction.PATIENT_FORGOTTEN,
+                    patient=args.patient_id,
+                    entities=[AuditEntity(f"Patient/{args.patient_id}", role="1")],
+                )
+                return await forget_patient(session, args.patient_id, audit)
         finally:
             await hub.engine.dispose()
 
@@ -331,6 +398,7 @@ def cmd_keys_rotate(args: argparse.Namespace) -> int:
     from renkei.crypto import rewrap_all, rewrap_pending
     from renkei.db import migrate
     from renkei.hub import Hub
+    from schemas.audit import AuditAction
     from services.progress import Progress
 
     async def rotate() -> tuple[str, int]:
@@ -344,6 +412,12 @@ def cmd_keys_rotate(args: argparse.Namespace) -> int:
                 line = Progress("re-wrapped", total, enabled=args.progress or None)
                 done = await rewrap_all(session, hub.keyring, progress=line.update)
                 line.finish()
+                await _audit(
+                    session,
+                    AuditAction.KEYS_ROTATED,
+                    detail={"key": "key-encryption", "kid": kek_id, "rewrapped": done},
+                )
+                await session.commit()
             return kek_id, done
         finally:
             await hub.engine.dispose()

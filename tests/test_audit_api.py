@@ -11,7 +11,7 @@ from fhir.resources.R4B.bundle import Bundle
 
 from schemas.audit import AuditAction
 from services.audit.fhir import ACTION_SYSTEM, BALP, JTI_PREFIX
-from tests.audittools import CLINIC, HOSPITAL, OTHER, REGION, emitted, store_trail
+from tests.audit_samples import CLINIC, HOSPITAL, OTHER, REGION, emitted, store_trail
 
 URL = "/fhir/AuditEvent"
 

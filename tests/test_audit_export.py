@@ -20,7 +20,7 @@ from services.audit.emit import hub_agent, new_record
 from services.audit.fhir import to_audit_event
 from services.audit.models import GENESIS_HASH, AuditRecordRow
 from services.audit.service import EXPORT_CHUNK
-from tests.audittools import REGION, TOKYO, emitted, store_trail
+from tests.audit_samples import REGION, TOKYO, emitted, store_trail
 
 URL = "/fhir/AuditEvent"
 

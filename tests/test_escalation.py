@@ -145,6 +145,7 @@ async def acknowledge(sessions, event_id: str, recipient: str, step: int = 0) ->
         principal = Principal(org, Role.MEMBER)
     async with sessions() as session:
         await inbox.acknowledge(session, principal, notification.id)
+        await session.commit()  # the view commits, with the audit record
 
 
 async def test_acknowledged_in_time_nothing_escalates(db_sessions, tmp_path) -> None:

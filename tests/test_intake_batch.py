@@ -16,6 +16,7 @@ from sqlalchemy import func, select
 from producers.models import OutboxRecord
 from schemas.events import EventType
 from schemas.message import parse_message
+from schemas.topics import AUDIT_TOPIC
 from services.errors import FhirError
 from services.intake.models import STATUS_ACCEPTED, STATUS_UNMATCHED, Event
 from services.intake.queue import IntakeQueue
@@ -30,7 +31,11 @@ def parsed(bundle: dict):
 async def counts(sessions) -> tuple[int, int]:
     async with sessions() as session:
         events = await session.scalar(select(func.count()).select_from(Event))
-        outbox = await session.scalar(select(func.count()).select_from(OutboxRecord))
+        outbox = await session.scalar(
+            select(func.count())
+            .select_from(OutboxRecord)
+            .where(OutboxRecord.topic != AUDIT_TOPIC)  # the audit records are counted apart
+        )
         return events, outbox
 
 

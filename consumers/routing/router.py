@@ -226,6 +226,7 @@ class Router:
                 self.zone,
                 self.settings.consent_default,
                 escalation_window=escalation_window(self.settings),
+                region_org=self.settings.region_org,
             )
             await session.commit()
         return [(r.event, outcome) for r, outcome in zip(routable, outcomes, strict=True)]

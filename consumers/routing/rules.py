@@ -5,7 +5,7 @@ No I/O here, so every rule is tested without a database or a broker.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from datetime import datetime, time, timedelta
 from functools import lru_cache
 from typing import Any
@@ -106,6 +106,9 @@ BREAK_GLASS = "break-glass"
 class ConsentDecision:
     permitted: bool
     reason: str
+    # The Consent that decided (its FHIR id), for the audit record; None when none did (no
+    # consent on file, the region's default, break-glass). Not part of the decision's value.
+    consent_id: str | None = field(default=None, compare=False)
 
 
 def consent_decision(
@@ -131,13 +134,14 @@ def consent_decision(
         return ConsentDecision(False, NO_CONSENT)
     in_effect = [c for c in active if within(_provision(c).get("period"), at, zone)]
     if not in_effect:
-        return ConsentDecision(False, _out_of_period_reason(active, at, zone))
+        only = active[0].get("id") if len(active) == 1 else None
+        return ConsentDecision(False, _out_of_period_reason(active, at, zone), only)
     actors = {f"Organization/{org_id}"} | ({recipient} if recipient else set())
     code = event_type.value
     decision = ConsentDecision(True, CONSENT_PERMIT)
     for consent in in_effect:
         root = _provision(consent)
-        decision = _evaluate(root, actors, code, at, zone)
+        decision = replace(_evaluate(root, actors, code, at, zone), consent_id=consent.get("id"))
         if not decision.permitted:
             return decision
     return decision
@@ -153,8 +157,8 @@ def _is_active_privacy_consent(consent: dict[str, Any]) -> bool:
         return False
     codings = (consent.get("scope") or {}).get("coding", [])
     return any(
-        c.get("code") == "patient-privacy" and c.get("system", CONSENT_SCOPE_SYSTEM)
-        == CONSENT_SCOPE_SYSTEM
+        c.get("code") == "patient-privacy"
+        and c.get("system", CONSENT_SCOPE_SYSTEM) == CONSENT_SCOPE_SYSTEM
         for c in codings
     )
 

@@ -18,8 +18,10 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from consumers.routing.models import SuppressedDelivery
 from consumers.routing.rules import (
+    BREAK_GLASS,
     BREAK_GLASS_PRIORITY,
     PRIORITY_RANK,
+    ConsentDecision,
     break_glass_applies,
     care_team_members,
     consent_decision,
@@ -30,16 +32,20 @@ from consumers.routing.table import Route, RoutingTable, content_for
 from producers.models import OutboxRecord, encode_headers
 from renkei.crypto import DataKeyRef, keyring_of
 from renkei.db import UTCDateTime, insert_ignore_many, utcnow
+from schemas.audit import AuditAction, AuditAgent, AuditEntity, AuditOutcome, AuditRecord
 from schemas.envelope import notification_record_aad
 from schemas.events import CareTeamRole, EventType
 from schemas.notification_record import NotificationRecord
 from schemas.topics import NOTIFICATION_TOPIC, lane_of
+from services.audit.emit import HUB_ROUTER, emit_records, hub_agent, new_record
 from services.escalation.service import start_escalations
 from services.intake.models import Event
 from services.notifications.models import Notification
 from services.registry import service as registry
 
 log = logging.getLogger(__name__)
+# The router's organization when no region office was given (tools and tests calling it bare).
+UNKNOWN_ORG = "unknown"
 
 
 @dataclass(frozen=True)
@@ -143,9 +149,12 @@ async def route_event(
     table: RoutingTable,
     zone: ZoneInfo,
     consent_default: str,
+    region_org: str | None = None,
 ) -> RoutingOutcome:
     """Route one event (caller commits); see ``route_events``."""
-    return (await route_events(session, [event], table, zone, consent_default))[0]
+    return (
+        await route_events(session, [event], table, zone, consent_default, region_org=region_org)
+    )[0]
 
 
 async def route_events(
@@ -156,6 +165,7 @@ async def route_events(
     consent_default: str,
     lookups: RoutingLookups | None = None,
     escalation_window: timedelta | None = None,
+    region_org: str | None = None,
 ) -> list[RoutingOutcome]:
     """Write the events' notifications and suppressions and mark them routed (caller commits).
 
@@ -166,6 +176,10 @@ async def route_events(
 
     ``escalation_window``: each acute change given a stat notification gets its escalation
     timer in this same transaction (services/escalation), due after the window; None: none.
+
+    Each recipient decision (delivered, withheld, break-glass) is one audit record, the router
+    (``region_org``'s hub:router) as agent, all added in this transaction at once: an event
+    routed again writes nothing, so its decisions are not recorded twice.
     """
     if not events:
         return []
@@ -176,6 +190,8 @@ async def route_events(
     outcomes: list[RoutingOutcome] = []
     notifications: list[dict] = []
     suppressed: list[dict] = []
+    audits: list[AuditRecord] = []
+    agent = hub_agent(region_org or UNKNOWN_ORG, HUB_ROUTER)
     for event, now in zip(events, routed_at, strict=True):
         if event.id not in claimed:
             outcomes.append(RoutingOutcome(0, 0, already_routed=True))
@@ -183,7 +199,7 @@ async def route_events(
         # Once per event even when the batch holds it twice (a record the broker delivered
         # twice lands next to itself): the second is already routed, by this transaction.
         claimed.discard(event.id)
-        mine, withheld = _decide(event, table, zone, consent_default, lookups, now)
+        mine, withheld = _decide(event, table, zone, consent_default, lookups, now, agent, audits)
         notifications += mine
         suppressed += withheld
         outcomes.append(
@@ -217,6 +233,7 @@ async def route_events(
             records += _notification_records(session, event, by_event[event.id], key)
     if records:
         await session.execute(insert(OutboxRecord.__table__), records)  # Core executemany
+    await emit_records(session, audits)
     if escalation_window is not None:
         await start_escalations(session, notifications, escalation_window)
     return outcomes
@@ -259,8 +276,11 @@ def _decide(
     consent_default: str,
     lookups: RoutingLookups,
     now: datetime,
+    agent: AuditAgent,
+    audits: list[AuditRecord],
 ) -> tuple[list[dict], list[dict]]:
-    """The event's notifications and suppressed deliveries (rows to insert), no I/O."""
+    """The event's notifications and suppressed deliveries (rows to insert), no I/O; one
+    audit record per recipient decision appended to ``audits``."""
     at = event.occurred_at or event.accepted_at
     event_type = EventType(event.event_type)
     # Consent is read at routing time: a Consent changed after the event was accepted but
@@ -286,11 +306,14 @@ def _decide(
                     "decided_at": now,
                 }
             )
+            audits.append(_decision_record(agent, event, recipient, decision, None))
             continue
         due = due_for(event_type, recipient.role, recipient.priority, at, zone)
+        notification_id = str(uuid.uuid4())
+        audits.append(_decision_record(agent, event, recipient, decision, notification_id))
         notifications.append(
             {
-                "id": str(uuid.uuid4()),
+                "id": notification_id,
                 "event_id": event.id,
                 "recipient": recipient.reference,
                 "recipient_org_id": recipient.org_id,
@@ -306,6 +329,46 @@ def _decide(
             }
         )
     return notifications, suppressed
+
+
+def _decision_record(
+    agent: AuditAgent,
+    event: Event,
+    recipient: Recipient,
+    decision: ConsentDecision,
+    notification_id: str | None,
+) -> AuditRecord:
+    """One recipient decision as an audit record (IHE AuthZ-Consent: the Consent that decided
+    is an entity). ``notification_id`` None: withheld."""
+    if notification_id is None:
+        action, outcome = AuditAction.ROUTING_WITHHELD, AuditOutcome.MINOR_FAILURE
+    elif decision.reason == BREAK_GLASS:
+        action, outcome = AuditAction.ROUTING_BREAK_GLASS, AuditOutcome.SUCCESS
+    else:
+        action, outcome = AuditAction.ROUTING_DELIVERED, AuditOutcome.SUCCESS
+    entities = [AuditEntity(f"Bundle/{event.id}", role="3")]
+    if event.patient_id:
+        entities.append(AuditEntity(f"Patient/{event.patient_id}", role="1"))
+    if notification_id is not None:
+        entities.append(AuditEntity(f"Communication/{notification_id}", role="4"))
+    if decision.consent_id:
+        entities.append(AuditEntity(f"Consent/{decision.consent_id}", role="4"))
+    return new_record(
+        agent,
+        action,
+        outcome=outcome,
+        patient=event.patient_id,
+        source_org=event.sender_org_id,
+        entities=entities,
+        # The rule that decided (consent-deny, no-consent, break-glass, consent-permit ...).
+        reason=decision.reason,
+        detail={
+            "recipient": recipient.reference,
+            "recipient_org": recipient.org_id,
+            "care_team_role": recipient.role.value,
+            "event_type": event.event_type,
+        },
+    )
 
 
 def _notification_records(

@@ -105,6 +105,8 @@ SHAPES: dict[AuditAction, Shape] = {
     A.CLIENT_ADDED: Shape(SECURITY_ATTRIBUTES, None, "C"),
     A.CLIENT_REVOKED: Shape(SECURITY_ATTRIBUTES, None, "D"),
     A.KEYS_ROTATED: Shape(SECURITY_ALERT, None, "E"),
+    # A signed-in caller the route rules refused (outcome 4): an access-control alert.
+    A.ACCESS_REFUSED: Shape(SECURITY_ALERT, None, "E"),
     A.AUDIT_QUERIED: Shape(REST, _rest("search-type"), "E", None, "Query"),
     A.AUDIT_EXPORTED: Shape(EXPORT, None, "R"),
     A.AUDIT_ARCHIVED: Shape(EXPORT, None, "E"),

@@ -6,6 +6,7 @@ from collections.abc import Callable
 
 from fastapi import Depends, Request
 
+from services.audit.context import signin_failed
 from services.auth.service import InvalidToken, Principal, Role
 from services.errors import FhirError
 
@@ -19,7 +20,9 @@ async def current_principal(request: Request) -> Principal:
         )
     try:
         return await request.app.state.hub.tokens.verify(token.strip())
-    except InvalidToken:
+    except InvalidToken as error:
+        # The check that failed (its class or the verifier's words), never the token itself.
+        await signin_failed(request, str(error) or type(error).__name__)
         raise FhirError(
             401, "login", "the bearer token is not valid", headers={"WWW-Authenticate": "Bearer"}
         ) from None

@@ -32,6 +32,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from consumers.routing.rules import care_team_members
 from renkei.db import utcnow
 from renkei.settings import Settings
+from services.audit.context import access_refused
 from services.audit.service import AuditScope
 from services.auth.dependencies import current_principal
 from services.auth.service import Principal, Role
@@ -164,6 +165,17 @@ async def authorize(request: Request) -> Principal | None:
     if rule.roles is None:
         return None
     principal = await current_principal(request)
+    try:
+        _check_rule(request, rule, principal)
+    except FhirError as error:
+        # A signed-in caller refused by the rules: recorded (alone), then answered.
+        await access_refused(request, principal, route.path, error.issues[0].diagnostics)
+        raise
+    return principal
+
+
+def _check_rule(request: Request, rule: Rule, principal: Principal) -> None:
+    assert rule.roles is not None
     settings: Settings = request.app.state.hub.settings
     if principal.role == Role.REGION_ADMIN and principal.org_id != settings.region_org:
         raise FhirError(403, "forbidden", "region-admin belongs to the region office only")
@@ -176,7 +188,6 @@ async def authorize(request: Request) -> Principal | None:
         # A client's token does what it was granted, never more, even where its role could.
         needed = f"system/{rule.scope[0]}.{rule.scope[1]}" if rule.scope else "a scope"
         raise FhirError(403, "forbidden", f"the token's scopes do not include {needed}")
-    return principal
 
 
 async def caller(principal: Principal | None = Depends(authorize)) -> Principal:
@@ -220,13 +231,13 @@ async def patient_scope(
     patients = set()
     for team in teams:
         if any(m.reference in references for m in care_team_members([team], now, zone)):
-            patient = _patient_of("CareTeam", team)
+            patient = patient_of("CareTeam", team)
             if patient:
                 patients.add(patient)
     return PatientScope(False, frozenset(patients))
 
 
-def _patient_of(resource_type: str, body: dict | None) -> str | None:
+def patient_of(resource_type: str, body: dict | None) -> str | None:
     """The registry Patient id a patient-data resource is about (None once forgotten: only
     the region office then learns that it existed, as 410)."""
     if not body:
@@ -242,7 +253,7 @@ def may_read(scope: PatientScope, resource_type: str, body: dict | None) -> bool
     """Whether a registry resource is visible in ``scope`` (directory types always are)."""
     if resource_type in DIRECTORY_TYPES:
         return True
-    return scope.allows(_patient_of(resource_type, body))
+    return scope.allows(patient_of(resource_type, body))
 
 
 def patient_filter(scope: PatientScope, resource_type: str) -> Iterable[str] | None:

@@ -55,6 +55,8 @@ class Principal:
     # Set for tokens of system clients (POST /oauth/token): which client, which SMART scopes.
     client_id: str | None = None
     scopes: frozenset[str] = frozenset()
+    # The token's ``iat``: the session's login time (its age goes into every audit record).
+    issued_at: datetime | None = None
 
 
 class InvalidToken(Exception):
@@ -167,6 +169,7 @@ def verify_token(ring: KeyRing, token: str) -> tuple[Principal, datetime]:
             token_id=jti,
             client_id=client_id,
             scopes=frozenset(scope.split()),
+            issued_at=datetime.fromtimestamp(iat, UTC),
         )
         return principal, datetime.fromtimestamp(exp, UTC)
     except (jwt.PyJWTError, ValueError, KeyError, TypeError) as error:

@@ -108,6 +108,7 @@ class TokenGrant:
     access_token: str
     expires_in: int
     scope: str
+    token_id: str = ""  # the token's jti (for its token.issued audit record)
 
 
 def _client_id_of(assertion: str) -> str:
@@ -208,4 +209,5 @@ def grant_token(
         None, client.org_id, Role.SYSTEM, None, ttl,
         client_id=client.id, scopes=granted, ring=ring,
     )  # fmt: skip
-    return TokenGrant(token, ttl, granted)
+    jti = jwt.decode(token, options={"verify_signature": False})["jti"]  # ours, just signed
+    return TokenGrant(token, ttl, granted, jti)

@@ -9,11 +9,17 @@ from fastapi import APIRouter, Depends, Request
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from renkei.hub import Hub
+from schemas.audit import AuditAction, AuditAgent, AuditEntity, AuditOutcome
+from services.audit.context import UNKNOWN, client_address
+from services.audit.emit import emit
+from services.auth.service import Role
 from services.clients import scopes
+from services.clients.models import Client
 from services.clients.service import (
     ALGORITHMS,
     ASSERTION_TYPE,
     OAuthError,
+    TokenGrant,
     grant_token,
     verify_assertion,
 )
@@ -83,6 +89,7 @@ async def token(
     session: AsyncSession = Depends(get_session),
     hub: Hub = Depends(get_hub),
 ) -> JSONResponse:
+    client = None
     try:
         form = await _form(request)
         if form.get("grant_type") != "client_credentials":
@@ -108,7 +115,9 @@ async def token(
         )
     except OAuthError as error:
         await session.rollback()
+        await _audit_token(session, request, client, None, error)
         return _oauth_error(error)
+    await _audit_token(session, request, client, grant, None)
     return JSONResponse(
         {
             "access_token": grant.access_token,
@@ -118,3 +127,34 @@ async def token(
         },
         headers=NO_STORE,
     )
+
+
+async def _audit_token(
+    session: AsyncSession,
+    request: Request,
+    client: Client | None,
+    grant: TokenGrant | None,
+    error: OAuthError | None,
+) -> None:
+    """token.issued (the client, the new token's jti) or token.refused (the OAuth error code
+    as reason; the client only once its assertion verified, else an unknown agent)."""
+    agent = AuditAgent(
+        org=client.org_id if client else UNKNOWN,
+        role=Role.SYSTEM.value if client else UNKNOWN,
+        client=client.id if client else None,
+        token=grant.token_id if grant else None,
+        network=client_address(request),
+    )
+    entities = [AuditEntity(f"Client/{client.id}", role="4")] if client else []
+    if grant is not None:
+        await emit(
+            session, agent, AuditAction.TOKEN_ISSUED, entities=entities,
+            detail={"scope": grant.scope, "expires_in": grant.expires_in},
+        )  # fmt: skip
+    else:
+        assert error is not None
+        await emit(
+            session, agent, AuditAction.TOKEN_REFUSED, outcome=AuditOutcome.MINOR_FAILURE,
+            entities=entities, reason=error.error, detail={"description": error.description},
+        )  # fmt: skip
+    await session.commit()

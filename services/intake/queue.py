@@ -20,9 +20,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from schemas.audit import AuditAgent
 from schemas.events import EventType
 from schemas.message import ParsedMessage
 from services.errors import FhirError
@@ -40,11 +42,19 @@ class IntakeQueue:
         self._writer: asyncio.Task[None] | None = None
         self.batches = 0  # transactions committed (for tests and metrics)
 
-    async def accept(self, message: ParsedMessage, caller_org_id: str) -> IntakeResult:
-        """Accept one message with whatever else is waiting; raises its FhirError if refused."""
+    async def accept(
+        self,
+        message: ParsedMessage,
+        caller_org_id: str,
+        agent: AuditAgent | None = None,
+        detail: dict[str, Any] | None = None,
+    ) -> IntakeResult:
+        """Accept one message with whatever else is waiting; raises its FhirError if refused.
+
+        ``agent`` and ``detail``: who posted it, for its message.accepted audit record."""
         answer: asyncio.Future[IntakeResult] = asyncio.get_running_loop().create_future()
         lane = self._urgent if message.event_type is EventType.ACUTE_CHANGE else self._waiting
-        lane.append((Submission(message, caller_org_id), answer))
+        lane.append((Submission(message, caller_org_id, agent, detail or {}), answer))
         if self._writer is None or self._writer.done():
             self._writer = asyncio.create_task(self._write(), name="intake-writer")
         # A client that hangs up does not take its message back: the batch it is in commits.

@@ -11,11 +11,13 @@ the patient's data key (an event-own key while unmatched), the Kafka value likew
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 from sqlalchemy import select, tuple_
 from sqlalchemy.exc import IntegrityError
@@ -24,10 +26,12 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from producers.models import OutboxRecord, encode_headers
 from renkei.crypto import DataKeyRef, KeyDestroyed, dumps, key_id_of, keyring_of
 from renkei.db import utcnow
+from schemas.audit import AuditAction, AuditAgent, AuditEntity, AuditRecord
 from schemas.envelope import SCHEMA_VERSION, EventEnvelope, event_record_aad
 from schemas.events import EventType
 from schemas.message import ParsedMessage
 from schemas.topics import event_topic
+from services.audit.emit import emit_records, new_record
 from services.errors import FhirError
 from services.intake.models import (
     REASON_AMBIGUOUS,
@@ -65,6 +69,13 @@ class Submission:
 
     message: ParsedMessage
     caller_org_id: str
+    # Who posted it, for the message.accepted audit record (services.audit.context); a caller
+    # inside the hub (tests, tools) is its organization in an unknown role.
+    agent: AuditAgent | None = None
+    detail: dict[str, Any] = field(default_factory=dict)
+
+    def audit_agent(self) -> AuditAgent:
+        return self.agent or AuditAgent(org=self.caller_org_id, role="unknown")
 
 
 async def accept(session: AsyncSession, message: ParsedMessage, caller_org_id: str) -> IntakeResult:
@@ -144,6 +155,11 @@ async def accept_many(
             for i, event, key in created:
                 if event.status == STATUS_ACCEPTED:
                     await _enqueue(session, event, submissions[i].message.bundle, key)
+            # One message.accepted per new event, committed with it (a repeat answered 200
+            # again is the same acceptance: no second record).
+            await emit_records(
+                session, [accepted_record(submissions[i], event) for i, event, _key in created]
+            )
             await session.commit()
         except IntegrityError:
             await session.rollback()
@@ -168,6 +184,21 @@ async def accept_many(
         elif event.status == STATUS_FORGOTTEN:
             log.info("event %s is about a forgotten patient; kept, not routed", event.id)
     return [outcome for outcome in outcomes if outcome is not None]
+
+
+def accepted_record(submission: Submission, event: Event) -> AuditRecord:
+    """The audit record of a new event: its Bundle as the report, its Patient once matched."""
+    entities = [AuditEntity(f"Bundle/{event.id}", role="3")]
+    if event.patient_id:
+        entities.append(AuditEntity(f"Patient/{event.patient_id}", role="1"))
+    return new_record(
+        submission.audit_agent(),
+        AuditAction.MESSAGE_ACCEPTED,
+        patient=event.patient_id,
+        source_org=event.sender_org_id,
+        entities=entities,
+        detail={**submission.detail, "event_type": event.event_type, "status": event.status},
+    )
 
 
 async def _new_event(
@@ -335,8 +366,13 @@ async def unmatched(session: AsyncSession, limit: int, offset: int) -> list[Even
     return list(rows)
 
 
-async def link_patient(session: AsyncSession, event_id: str, patient_id: str) -> Event:
-    """An admin says who the patient is: the event is routed from now on, exactly once."""
+async def link_patient(
+    session: AsyncSession, event_id: str, patient_id: str, audit: AuditRecord | None = None
+) -> Event:
+    """An admin says who the patient is: the event is routed from now on, exactly once.
+
+    ``audit``: the event.linked record (its agent and session) to commit with the link; the
+    event, patient and sender are filled in here."""
     event = await session.get(Event, event_id, with_for_update=True)
     if event is None:
         raise FhirError(404, "not-found", "no such event")
@@ -363,6 +399,17 @@ async def link_patient(session: AsyncSession, event_id: str, patient_id: str) ->
     await _enqueue(session, event, bundle, key)
     if old_key is not None and old_key != key.key_id:
         await keyring.destroy(session, [old_key])
+    if audit is not None:
+        linked = dataclasses.replace(
+            audit,
+            patient=patient_id,
+            source_org=event.sender_org_id,
+            entities=(
+                AuditEntity(f"Bundle/{event.id}", role="3"),
+                AuditEntity(f"Patient/{patient_id}", role="1"),
+            ),
+        )
+        await emit_records(session, [linked])
     await session.commit()
     return event
 

@@ -6,12 +6,21 @@ from fastapi import APIRouter, Depends, Query, Request
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from renkei.hub import Hub
+from schemas.audit import AuditAction, AuditEntity, AuditOutcome
 from schemas.canonical import CANONICAL_BASE
 from schemas.events import EventType
 from schemas.json_safety import UnsafeJson, load_json
 from schemas.message import parse_message
-from schemas.outcome import accepted_outcome
+from schemas.outcome import InvalidMessage, Issue, accepted_outcome
 from services import offload
+from services.audit.context import (
+    audit_request,
+    emit_alone,
+    query_names,
+    request_agent,
+    request_record,
+    session_detail,
+)
 from services.auth.policy import caller
 from services.auth.service import Principal
 from services.dependencies import get_hub, get_session
@@ -39,15 +48,22 @@ async def process_message(
     hub: Hub = Depends(get_hub),
     _slot: None = Depends(message_slot),
 ) -> JSONResponse:
-    # The size limit is the guard's (services/guard.py); parsing and FHIR validation are CPU
-    # work, done in a worker thread so the event loop keeps answering everyone else.
-    raw = await request.body()
-    # Scheduling only (the validated event type decides everything else): a body that names
-    # the acute-change event is validated ahead of the queue.
-    message = await offload.run_cpu(parse_message, raw, urgent=ACUTE_CHANGE_CODE in raw)
-    note_event_type(request, message.event_type)
-    # Stored with the other messages arriving now, in one transaction (services/intake/queue).
-    result = await request.app.state.intake.accept(message, principal.org_id)
+    try:
+        # The size limit is the guard's (services/guard.py); parsing and FHIR validation are
+        # CPU work, done in a worker thread so the event loop keeps answering everyone else.
+        raw = await request.body()
+        # Scheduling only (the validated event type decides everything else): a body that
+        # names the acute-change event is validated ahead of the queue.
+        message = await offload.run_cpu(parse_message, raw, urgent=ACUTE_CHANGE_CODE in raw)
+        note_event_type(request, message.event_type)
+        # Stored with the other messages arriving now, in one transaction (services/intake/
+        # queue), with its message.accepted audit record.
+        result = await request.app.state.intake.accept(
+            message, principal.org_id, request_agent(request, principal), session_detail(principal)
+        )
+    except (FhirError, InvalidMessage) as error:
+        await _refused(request, hub, principal, error.status, error.issues)
+        raise
     if result.created:
         hub.outbox_written.set()
     if not result.created:
@@ -66,9 +82,33 @@ async def process_message(
     )
 
 
+async def _refused(
+    request: Request, hub: Hub, principal: Principal, status: int, issues: list[Issue]
+) -> None:
+    """The message.refused record, in its own small transaction (nothing else was written).
+
+    The reason is what the OperationOutcome told the sender (diagnostics and expression: the
+    hub's words, never the message's content)."""
+    reason = "; ".join(
+        f"{issue.diagnostics} ({issue.expression})" if issue.expression else issue.diagnostics
+        for issue in issues
+    )
+    record = request_record(
+        request,
+        principal,
+        AuditAction.MESSAGE_REFUSED,
+        outcome=AuditOutcome.MINOR_FAILURE if status < 500 else AuditOutcome.SERIOUS_FAILURE,
+        source_org=principal.org_id,
+        reason=reason,
+        detail={"status": status},
+    )
+    await emit_alone(hub.sessions, record)
+
+
 @router.get("/admin/unmatched-events")
 async def list_unmatched(
-    _admin: Principal = Depends(caller),
+    request: Request,
+    admin: Principal = Depends(caller),
     session: AsyncSession = Depends(get_session),
     count: str | None = Query(None, alias="_count", description="page size, 1-500 (default 50)"),
     offset: str | None = Query(None, alias="_offset", description="rows to skip"),
@@ -80,6 +120,19 @@ async def list_unmatched(
         {"resource": _as_message_summary(event, await service.event_bundle(session, event))}
         for event in events
     ]
+    # The queue shows patients' identifiers: one patient.query record for the page, naming
+    # the events shown (their patients are not known yet: that is why they wait).
+    await audit_request(
+        session,
+        request,
+        admin,
+        AuditAction.PATIENT_QUERY,
+        entities=[
+            AuditEntity("Basic", role="24", query=query_names(request)),
+            *(AuditEntity(f"Bundle/{event.id}", role="3") for event in events),
+        ],
+    )
+    await session.commit()
     return JSONResponse(
         {"resourceType": "Bundle", "type": "collection", "entry": entries},
         media_type=FHIR_JSON,
@@ -119,7 +172,7 @@ async def link_unmatched(
     event_id: str,
     request: Request,
     hub: Hub = Depends(get_hub),
-    _admin: Principal = Depends(caller),
+    admin: Principal = Depends(caller),
     session: AsyncSession = Depends(get_session),
 ) -> JSONResponse:
     """Body: ``{"patient": "Patient/<id>"}`` (a FHIR Parameters with ``patient`` works too)."""
@@ -130,7 +183,12 @@ async def link_unmatched(
     reference = _patient_reference(body)
     if not reference.startswith("Patient/"):
         raise FhirError(400, "required", "give the registry Patient as Patient/<id>", "patient")
-    event = await service.link_patient(session, event_id, reference.removeprefix("Patient/"))
+    event = await service.link_patient(
+        session,
+        event_id,
+        reference.removeprefix("Patient/"),
+        request_record(request, admin, AuditAction.EVENT_LINKED),
+    )
     hub.outbox_written.set()
     return JSONResponse(
         accepted_outcome(

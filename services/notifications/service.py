@@ -115,15 +115,16 @@ def _who(principal: Principal) -> str:
 
 
 async def mark_read(session: AsyncSession, principal: Principal, notification_id: str):
+    """The 既読 receipt (the caller commits it, with its audit record)."""
     notification, event = await get(session, principal, notification_id)
     if notification.read_at is None:
         notification.read_at = utcnow()
         notification.read_by = _who(principal)
-        await session.commit()
     return notification, event
 
 
 async def acknowledge(session: AsyncSession, principal: Principal, notification_id: str):
+    """The 対応済 receipt (the caller commits it, with its audit record)."""
     notification, event = await get(session, principal, notification_id)
     if notification.acknowledged_at is None:
         now = utcnow()
@@ -134,7 +135,6 @@ async def acknowledge(session: AsyncSession, principal: Principal, notification_
         if notification.priority == STAT:
             # Someone is acting on the acute change: nobody else needs to be chased.
             await stop_escalation(session, notification.event_id, now)
-        await session.commit()
     return notification, event
 
 

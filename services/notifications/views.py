@@ -10,6 +10,8 @@ from fastapi import APIRouter, Depends, Query, Request
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from renkei.hub import Hub
+from schemas.audit import AuditAction, AuditEntity
+from services.audit.context import audit_request, query_names
 from services.auth.policy import caller
 from services.auth.service import Principal
 from services.dependencies import get_hub, get_session
@@ -86,6 +88,7 @@ async def search(
     rows, total = await service.search(session, principal, filters, count, offset)
     zone = ZoneInfo(hub.settings.timezone)
     shown = await service.shown(session, rows)
+    await _audit_listed(session, request, principal, rows)
     # Links from the configured address, never the Host header (RENKEI_PUBLIC_BASE_URL).
     base = f"{hub.settings.resolved_public_base_url}/fhir/Communication"
     params = {k: v for k, v in request.query_params.items() if k not in ("_offset",)}
@@ -111,6 +114,60 @@ async def search(
     return JSONResponse(bundle, media_type=FHIR_JSON)
 
 
+async def _audit_listed(
+    session: AsyncSession,
+    request: Request,
+    principal: Principal,
+    rows: list[tuple[Notification, Event]],
+) -> None:
+    """One notification.listed record per list request (IHE PatientQuery-like): the
+    Communications shown and their patients as entities. ``patient`` and ``source_org`` are
+    set when the page is about one patient / from one sender; every sender is in ``detail``."""
+    patients = sorted({n.patient_id for n, _e in rows if n.patient_id})
+    senders = sorted({e.sender_org_id for _n, e in rows})
+    await audit_request(
+        session,
+        request,
+        principal,
+        AuditAction.NOTIFICATION_LISTED,
+        patient=patients[0] if len(patients) == 1 else None,
+        source_org=senders[0] if len(senders) == 1 else None,
+        entities=[
+            AuditEntity("Communication", role="24", query=query_names(request)),
+            *(AuditEntity(f"Communication/{n.id}", role="4") for n, _e in rows),
+            *(AuditEntity(f"Patient/{p}", role="1") for p in patients),
+        ],
+        detail={"source_orgs": senders} if len(senders) > 1 else None,
+    )
+    await session.commit()
+
+
+async def _audit_one(
+    session: AsyncSession,
+    request: Request,
+    principal: Principal,
+    action: AuditAction,
+    notification: Notification,
+    event: Event,
+    detail: dict | None = None,
+) -> None:
+    """The record of one Communication read or marked (committed with the receipt, if any)."""
+    entities = [AuditEntity(f"Communication/{notification.id}", role="4")]
+    if notification.patient_id:
+        entities.append(AuditEntity(f"Patient/{notification.patient_id}", role="1"))
+    await audit_request(
+        session,
+        request,
+        principal,
+        action,
+        patient=notification.patient_id,
+        source_org=event.sender_org_id,
+        entities=entities,
+        detail=detail,
+    )
+    await session.commit()
+
+
 def _url(base: str, params: dict[str, str], offset: int) -> str:
     return f"{base}?{urlencode({**params, '_offset': str(offset)})}"
 
@@ -118,34 +175,51 @@ def _url(base: str, params: dict[str, str], offset: int) -> str:
 @router.get("/{notification_id}", name="read_communication")
 async def read(
     notification_id: str,
+    request: Request,
     principal: Principal = Depends(caller),
     session: AsyncSession = Depends(get_session),
     hub: Hub = Depends(get_hub),
 ) -> JSONResponse:
     notification, event = await service.get(session, principal, notification_id)
-    return await _communication(session, hub, notification, event)
+    response = await _communication(session, hub, notification, event)
+    await _audit_one(
+        session, request, principal, AuditAction.NOTIFICATION_READ, notification, event
+    )
+    return response
 
 
 @router.post("/{notification_id}/$read")
 async def mark_read(
     notification_id: str,
+    request: Request,
     principal: Principal = Depends(caller),
     session: AsyncSession = Depends(get_session),
     hub: Hub = Depends(get_hub),
 ) -> JSONResponse:
+    # The receipt and its audit record commit together (in _audit_one).
     notification, event = await service.mark_read(session, principal, notification_id)
-    return await _communication(session, hub, notification, event)
+    response = await _communication(session, hub, notification, event)
+    await _audit_one(
+        session, request, principal, AuditAction.NOTIFICATION_READ, notification, event,
+        {"receipt": "read"},
+    )  # fmt: skip
+    return response
 
 
 @router.post("/{notification_id}/$acknowledge")
 async def acknowledge(
     notification_id: str,
+    request: Request,
     principal: Principal = Depends(caller),
     session: AsyncSession = Depends(get_session),
     hub: Hub = Depends(get_hub),
 ) -> JSONResponse:
     notification, event = await service.acknowledge(session, principal, notification_id)
-    return await _communication(session, hub, notification, event)
+    response = await _communication(session, hub, notification, event)
+    await _audit_one(
+        session, request, principal, AuditAction.NOTIFICATION_ACKNOWLEDGED, notification, event
+    )
+    return response
 
 
 async def _communication(

@@ -14,13 +14,17 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from renkei.crypto import DataKey, keyring_of
 from renkei.db import utcnow
+from schemas.audit import AuditRecord
+from services.audit.emit import emit_records
 from services.intake.models import STATUS_ACCEPTED, STATUS_FORGOTTEN, Event
 from services.registry.models import RegistryReference, RegistryResource
 
 
-async def forget_patient(session: AsyncSession, patient_id: str) -> bool:
+async def forget_patient(
+    session: AsyncSession, patient_id: str, audit: AuditRecord | None = None
+) -> bool:
     """Destroy the patient's keys and mark their data forgotten (commits). False: no such
-    Patient in the registry."""
+    Patient in the registry. ``audit``: the patient.forgotten record, committed with it."""
     patient = await session.get(RegistryResource, ("Patient", patient_id))
     if patient is None:
         return False
@@ -63,5 +67,7 @@ async def forget_patient(session: AsyncSession, patient_id: str) -> bool:
         )
         .values(status=STATUS_FORGOTTEN)
     )
+    if audit is not None:
+        await emit_records(session, [audit])
     await session.commit()
     return True

@@ -17,10 +17,12 @@ from fastapi import APIRouter, Depends, Request
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from renkei.hub import Hub
+from schemas.audit import AuditAction, AuditEntity, AuditOutcome
 from schemas.json_safety import UnsafeJson, load_json
 from schemas.outcome import InvalidMessage, Issue
+from services.audit.context import audit_request, query_names
 from services.auth import policy
-from services.auth.service import Principal
+from services.auth.service import FHIR_ID, Principal
 from services.dependencies import get_hub, get_session
 from services.errors import FHIR_JSON, FhirError
 from services.openapi import resource_body, search_parameters
@@ -49,6 +51,7 @@ MAX_COUNT = 500
 def _read_handler(resource_type: str) -> Callable[..., Awaitable[JSONResponse]]:
     async def read(
         resource_id: str,
+        request: Request,
         principal: Caller,
         session: Session,
         hub: HubDep,
@@ -62,14 +65,32 @@ def _read_handler(resource_type: str) -> Callable[..., Awaitable[JSONResponse]]:
                 row.body,
             )
         )
+        patient_data = resource_type not in policy.DIRECTORY_TYPES
         if row is None or not visible:
+            if patient_data:
+                # Asked for patient data it may not see (or that is not there): recorded, as
+                # the same 404 the caller gets (the id is the caller's, not a hub fact).
+                await _audit_read(
+                    session, request, principal, resource_type, resource_id, None,
+                    AuditOutcome.MINOR_FAILURE, "not found or not visible to the caller",
+                )  # fmt: skip
             # Not visible and not there answer alike: a 403 would confirm the person exists.
             raise FhirError(404, "not-found", f"{resource_type} not found", f"{resource_type}.id")
         if row.forgotten:
+            if patient_data:
+                await _audit_read(
+                    session, request, principal, resource_type, resource_id, None,
+                    AuditOutcome.MINOR_FAILURE, "forgotten",
+                )  # fmt: skip
             # Crypto-shredded (renkei patient forget): it existed, and is gone for good.
             raise FhirError(
                 410, "deleted", f"{resource_type} was erased (forgotten)", f"{resource_type}.id"
             )
+        if patient_data:
+            await _audit_read(
+                session, request, principal, resource_type, row.id,
+                policy.patient_of(resource_type, row.body), AuditOutcome.SUCCESS, None,
+            )  # fmt: skip
         return _resource_response(row, 200, location=False)
 
     return read
@@ -94,6 +115,8 @@ def _search_handler(resource_type: str) -> Callable[..., Awaitable[JSONResponse]
         rows = await service.search(
             session, resource_type, params, offset=offset, limit=count, patients=patients
         )
+        if resource_type not in policy.DIRECTORY_TYPES:
+            await _audit_search(session, request, principal, resource_type, rows)
         base = hub.settings.resolved_public_base_url
         return JSONResponse(
             _searchset(base, resource_type, params, rows, total, count, offset),
@@ -111,8 +134,9 @@ def _create_handler(resource_type: str) -> Callable[..., Awaitable[JSONResponse]
     ) -> JSONResponse:
         body = await _resource_body(request, resource_type)
         body_id = body.get("id") if isinstance(body.get("id"), str) else None
-        await policy.check_write(session, principal, resource_type, body_id, body)
-        row, _created = await service.write(session, resource_type, body)
+        await _checked_write(session, request, principal, resource_type, body_id, body)
+        row, created = await service.write(session, resource_type, body)
+        await _audit_write(session, request, principal, resource_type, row, body, created)
         await session.commit()
         return _resource_response(row, 201, location=True)
 
@@ -127,8 +151,9 @@ def _update_handler(resource_type: str) -> Callable[..., Awaitable[JSONResponse]
         session: Session,
     ) -> JSONResponse:
         body = await _resource_body(request, resource_type)
-        await policy.check_write(session, principal, resource_type, resource_id, body)
+        await _checked_write(session, request, principal, resource_type, resource_id, body)
         row, created = await service.write(session, resource_type, body, resource_id)
+        await _audit_write(session, request, principal, resource_type, row, body, created)
         await session.commit()
         return _resource_response(row, 201 if created else 200, location=True)
 
@@ -160,6 +185,101 @@ for _type in REGISTRY_TYPES:
         name=f"update-{_type}",
         openapi_extra=resource_body(_type),
     )
+
+
+# --------------------------------------------------------------------------------------------
+# Audit records: every read and search of patient data, every write with its author
+
+
+def _entity(resource_type: str, resource_id: str) -> AuditEntity:
+    role = "1" if resource_type == "Patient" else "4"
+    return AuditEntity(f"{resource_type}/{resource_id}", role=role)
+
+
+async def _audit_read(
+    session: AsyncSession,
+    request: Request,
+    principal: Principal,
+    resource_type: str,
+    resource_id: str,
+    patient: str | None,
+    outcome: AuditOutcome,
+    reason: str | None,
+) -> None:
+    """patient.read of one resource, in its own small transaction (a read wrote nothing)."""
+    await audit_request(
+        session, request, principal, AuditAction.PATIENT_READ,
+        outcome=outcome, patient=patient, reason=reason,
+        # A refused id is the caller's text: named only when it is a FHIR id at all.
+        entities=[_entity(resource_type, resource_id)] if FHIR_ID.fullmatch(resource_id) else [],
+    )  # fmt: skip
+    await session.commit()
+
+
+async def _audit_search(
+    session: AsyncSession,
+    request: Request,
+    principal: Principal,
+    resource_type: str,
+    rows: list[StoredResource],
+) -> None:
+    """One patient.query per search: the parameter names (never values), the page's hits."""
+    patients = sorted(
+        {p for row in rows if (p := policy.patient_of(resource_type, row.body)) is not None}
+    )
+    entities = [AuditEntity(resource_type, role="24", query=query_names(request))]
+    entities += [_entity(resource_type, row.id) for row in rows]
+    if resource_type != "Patient":
+        entities += [_entity("Patient", p) for p in patients]
+    await audit_request(
+        session, request, principal, AuditAction.PATIENT_QUERY,
+        patient=patients[0] if len(patients) == 1 else None, entities=entities,
+    )  # fmt: skip
+    await session.commit()
+
+
+async def _checked_write(
+    session: AsyncSession,
+    request: Request,
+    principal: Principal,
+    resource_type: str,
+    resource_id: str | None,
+    body: dict[str, Any],
+) -> None:
+    """The policy's write check; a refusal is recorded (alone) before it is answered."""
+    try:
+        await policy.check_write(session, principal, resource_type, resource_id, body)
+    except FhirError as error:
+        await session.rollback()
+        action = AuditAction.RESOURCE_UPDATED if resource_id else AuditAction.RESOURCE_CREATED
+        await audit_request(
+            session, request, principal, action,
+            outcome=AuditOutcome.MINOR_FAILURE,
+            reason=error.issues[0].diagnostics,
+            entities=[_entity(resource_type, resource_id)] if resource_id else [],
+        )  # fmt: skip
+        await session.commit()
+        raise
+
+
+async def _audit_write(
+    session: AsyncSession,
+    request: Request,
+    principal: Principal,
+    resource_type: str,
+    row: Any,
+    body: dict[str, Any],
+    created: bool,
+) -> None:
+    """resource.created / resource.updated with its author, in the write's transaction."""
+    patient = row.id if resource_type == "Patient" else policy.patient_of(resource_type, body)
+    await audit_request(
+        session, request, principal,
+        AuditAction.RESOURCE_CREATED if created else AuditAction.RESOURCE_UPDATED,
+        patient=patient if resource_type in policy.PATIENT_DATA_TYPES else None,
+        entities=[_entity(resource_type, row.id)],
+        detail={"version": row.version_id},
+    )  # fmt: skip
 
 
 # --------------------------------------------------------------------------------------------

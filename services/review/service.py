@@ -7,6 +7,7 @@ the page size: the events with their reviews, then all their notifications at on
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -14,6 +15,8 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from renkei.db import insert_ignore, utcnow
+from schemas.audit import AuditEntity, AuditRecord
+from services.audit.emit import emit_records
 from services.auth.service import Principal
 from services.errors import FhirError
 from services.intake.models import Event
@@ -82,12 +85,30 @@ def reviewer(principal: Principal) -> str:
 
 
 async def mark_reviewed(
-    session: AsyncSession, principal: Principal, event_id: str, now: datetime | None = None
+    session: AsyncSession,
+    principal: Principal,
+    event_id: str,
+    now: datetime | None = None,
+    audit: AuditRecord | None = None,
 ) -> BreakGlassEntry:
     """Record who reviewed the event and when; a second review changes nothing (the first
-    reviewer and time stay, as an audit record should)."""
-    await get(session, event_id)
+    reviewer and time stay, as an audit record should). ``audit``: the break-glass.reviewed
+    record (agent and session), committed with the review; the event is filled in here."""
+    entry = await get(session, event_id)
     row = {"event_id": event_id, "reviewed_at": now or utcnow(), "reviewed_by": reviewer(principal)}
     await session.execute(insert_ignore(session, BreakGlassReview.__table__, [row], ["event_id"]))
+    if audit is not None:
+        event = entry.event
+        entities = [AuditEntity(f"Bundle/{event.id}", role="3")]
+        if event.patient_id:
+            entities.append(AuditEntity(f"Patient/{event.patient_id}", role="1"))
+        reviewed = dataclasses.replace(
+            audit,
+            patient=event.patient_id,
+            source_org=event.sender_org_id,
+            entities=tuple(entities),
+            detail={**audit.detail, "first_review": entry.review is None},
+        )
+        await emit_records(session, [reviewed])
     await session.commit()
     return await get(session, event_id)

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter, Depends, Query
+from fastapi import APIRouter, Depends, Query, Request
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from schemas.audit import AuditAction, AuditEntity
 from schemas.canonical import (
     ACT_REASON_SYSTEM,
     BREAK_THE_GLASS,
@@ -20,6 +21,7 @@ from schemas.canonical import (
     EVENT_SYSTEM,
 )
 from schemas.message import break_glass_reason
+from services.audit.context import audit_request, query_names, request_record
 from services.audit.fhir import DICOM, HUB_OBSERVER, PARTICIPATION
 from services.auth.policy import caller
 from services.auth.service import Principal
@@ -46,19 +48,34 @@ def _reviewed(value: str | None) -> bool | None:
 
 @router.get("")
 async def list_break_glass(
+    request: Request,
     reviewed: str | None = None,
     count: int = Query(50, alias="_count", ge=1, le=500),
     offset: int = Query(0, alias="_offset", ge=0, le=1_000_000),
-    _office: Principal = Depends(caller),
+    office: Principal = Depends(caller),
     session: AsyncSession = Depends(get_session),
 ) -> JSONResponse:
     entries = await service.search(session, _reviewed(reviewed), count, offset)
+    reasons = [await _reason(session, e) for e in entries]
+    # The list shows the events' reasons and recipients: one patient.query for the page.
+    patients = sorted({e.event.patient_id for e in entries if e.event.patient_id})
+    await audit_request(
+        session, request, office, AuditAction.PATIENT_QUERY,
+        patient=patients[0] if len(patients) == 1 else None,
+        entities=[
+            AuditEntity("AuditEvent", role="24", query=query_names(request)),
+            *(AuditEntity(f"Bundle/{e.event.id}", role="3") for e in entries),
+            *(AuditEntity(f"Patient/{p}", role="1") for p in patients),
+        ],
+        detail={"list": "break-glass"},
+    )  # fmt: skip
+    await session.commit()
     bundle = {
         "resourceType": "Bundle",
         "type": "searchset",
         "entry": [
-            {"resource": as_audit_event(e, await _reason(session, e)), "search": {"mode": "match"}}
-            for e in entries
+            {"resource": as_audit_event(e, reason), "search": {"mode": "match"}}
+            for e, reason in zip(entries, reasons, strict=True)
         ],
     }
     return JSONResponse(bundle, media_type=FHIR_JSON)
@@ -67,10 +84,14 @@ async def list_break_glass(
 @router.post("/{event_id}/$review")
 async def review(
     event_id: str,
+    request: Request,
     office: Principal = Depends(caller),
     session: AsyncSession = Depends(get_session),
 ) -> JSONResponse:
-    entry = await service.mark_reviewed(session, office, event_id)
+    entry = await service.mark_reviewed(
+        session, office, event_id,
+        audit=request_record(request, office, AuditAction.BREAK_GLASS_REVIEWED),
+    )  # fmt: skip
     return JSONResponse(as_audit_event(entry, await _reason(session, entry)), media_type=FHIR_JSON)
 
 
