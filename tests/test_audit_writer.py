@@ -175,3 +175,29 @@ async def test_an_unreadable_record_goes_to_the_dlq_and_the_rest_are_stored(hub_
     (dead,) = found
     assert dict(dead.headers)["renkei-dlq-reason"].startswith(b"unreadable audit record")
     assert await stored_count(hub.sessions) == 3
+
+
+async def test_the_actions_of_a_message_reach_the_chain_once_each(live_api) -> None:
+    from schemas.events import EventType
+    from schemas.topics import AUDIT_TOPIC
+    from tests.hubtools import accept, load_region, message, wait_routed
+
+    hub = live_api.hub
+    await load_region(hub)
+    posted = [await accept(hub, live_api.client, message(EventType.ADMISSION, "p01"))]
+    await wait_routed(hub, posted)
+    emitted_ids = select(OutboxRecord.key).where(OutboxRecord.topic == AUDIT_TOPIC)
+    deadline = asyncio.get_running_loop().time() + 60
+    while True:
+        async with hub.sessions() as session:
+            emitted = set((await session.scalars(emitted_ids)).all())
+            stored = (await session.scalars(select(AuditRecordRow.id))).all()
+            actions = set((await session.scalars(select(AuditRecordRow.action))).all())
+        if emitted and set(stored) == emitted:
+            break
+        assert asyncio.get_running_loop().time() < deadline, (len(emitted), len(stored))
+        await asyncio.sleep(0.1)
+    assert len(stored) == len(set(stored))  # none twice
+    assert {"message.accepted", "routing.delivered"} <= actions
+    report = await verify(hub.sessions, hub.settings.keys_dir, hub.settings.audit_archive_dir)
+    assert report.intact and report.records == len(emitted), report.problems
