@@ -28,7 +28,8 @@ from producers.models import OutboxRecord
 from renkei.broker import Broker
 from renkei.db import utcnow
 from renkei.settings import Settings
-from schemas.topics import RELAY_LANES
+from schemas.topics import AUDIT_TOPIC, LANE_AUDIT, RELAY_LANES
+from services.audit.models import AuditRecordRow
 from services.intake.models import Event
 
 log = logging.getLogger(__name__)
@@ -81,6 +82,8 @@ class OutboxRelay:
         # After an outage: when to re-drive early, and which sends (before the return) count.
         self._recovery_redrive: tuple[float, datetime] | None = None
         self._outage = False  # a send failed since the last one that got through
+        # Audit rows sent before this were looked at by the audit re-drive (None: not yet).
+        self._audit_checked_until: datetime | None = None
 
     async def run(self) -> None:
         failures = 0
@@ -358,7 +361,7 @@ class OutboxRelay:
         if self._recovery_redrive is not None and loop.time() >= self._recovery_redrive[0]:
             cutoff = self._recovery_redrive[1]
             self._recovery_redrive = None
-            return await self._redrive(cutoff, "sent before the broker's return")
+            return await self._redrive(cutoff, "sent before the broker's return", recovery=True)
         window = self.settings.relay_redeliver_after_seconds
         if loop.time() - self._last_redrive < min(window / 4, 5.0):
             return 0
@@ -366,7 +369,15 @@ class OutboxRelay:
         cutoff = utcnow() - timedelta(seconds=window)
         return await self._redrive(cutoff, f"not routed within {window:.0f}s")
 
-    async def _redrive(self, cutoff: datetime, why: str) -> int:
+    async def _redrive(self, cutoff: datetime, why: str, *, recovery: bool = False) -> int:
+        count = 0
+        if self.lane != LANE_AUDIT:
+            count += await self._redrive_events(cutoff, why)
+        if self.lane in (None, LANE_AUDIT):
+            count += await self._redrive_audit(cutoff, why, recovery=recovery)
+        return count
+
+    async def _redrive_events(self, cutoff: datetime, why: str) -> int:
         unrouted = select(Event.id).where(Event.routed_at.is_(None), Event.status == "accepted")
         async with self.sessions() as session:
             result = await session.execute(
@@ -381,6 +392,42 @@ class OutboxRelay:
         count = result.rowcount or 0
         if count:
             log.warning("relay: %d event(s) %s; publishing again", count, why)
+        return count
+
+    async def _redrive_audit(self, cutoff: datetime, why: str, *, recovery: bool) -> int:
+        """Audit rows sent before ``cutoff`` whose record the writer has not stored.
+
+        Cheap on a large outbox: each pass looks only at the rows sent since the last pass
+        looked (an index range on lane, sent_at), a row being looked at once when it leaves
+        the window; a row published again gets a new sent_at and is looked at again. After
+        the relay starts, it looks ``relay_audit_lookback_seconds`` back once. A recovery
+        pass (the broker came back) looks at what the window still holds and moves nothing.
+        """
+        since = self._audit_checked_until
+        if since is None:
+            since = utcnow() - timedelta(seconds=self.settings.relay_audit_lookback_seconds)
+        if since >= cutoff:
+            return 0
+        stored = exists().where(AuditRecordRow.id == OutboxRecord.key)
+        async with self.sessions() as session:
+            result = await session.execute(
+                update(OutboxRecord)
+                .where(
+                    OutboxRecord.lane == LANE_AUDIT,
+                    OutboxRecord.sent_at >= since,
+                    OutboxRecord.sent_at < cutoff,
+                    OutboxRecord.topic == AUDIT_TOPIC,
+                    ~stored,
+                )
+                .values(sent_at=None)
+                .execution_options(synchronize_session=False)
+            )
+            await session.commit()
+        if not recovery:
+            self._audit_checked_until = cutoff
+        count = result.rowcount or 0
+        if count:
+            log.warning("relay: %d audit record(s) %s and not stored; publishing again", count, why)
         return count
 
 

@@ -72,11 +72,14 @@ class Hub:
             from schemas.topics import LANES, RELAY_LANES
 
             # Priority lanes: each lane its own relay loop and router consumer (the audit lane
-            # has a relay loop; its consumer is the audit writer).
+            # has a relay loop; its consumer is the audit writer, spawned last).
             for lane in RELAY_LANES:
                 self.spawn(f"outbox-relay-{lane}", lambda h, lane=lane: run_relay(h, lane))
             for lane in LANES:
                 self.spawn(f"router-{lane}", lambda h, lane=lane: run_router(h, lane))
+            from consumers.audit.writer import run_audit_writer
+
+            self.spawn("audit-writer", run_audit_writer)
             self.spawn_escalation()
 
     def spawn_escalation(self) -> None:

@@ -122,6 +122,20 @@ class Settings(BaseSettings):
     # Japan Standard Time: due dates ("by the end of the next day") are local dates.
     timezone: str = "Asia/Tokyo"
 
+    # The audit writer (consumers.audit): its own consumer group on renkei.audit, records
+    # chained per database transaction, and a signed checkpoint of the chain head every N
+    # records or T seconds, whichever comes first (only when the head moved).
+    audit_group_id: str = "renkei-audit"
+    audit_batch_records: int = Field(default=500, ge=1, le=5000)
+    audit_checkpoint_records: int = Field(default=1000, ge=1)
+    audit_checkpoint_seconds: float = Field(default=60.0, gt=0)
+    # Retention: `renkei audit archive` moves records stored longer ago than this to an
+    # archive file under the data dir (audit-archive/), its chain head signed.
+    audit_retention_days: int = Field(default=365 * 6, ge=1)
+    # The relay re-drives audit rows sent but not stored by the writer within
+    # relay_redeliver_after_seconds; after its start it looks this far back once.
+    relay_audit_lookback_seconds: float = Field(default=24 * 3600.0, gt=0)
+
     @property
     def resolved_database_url(self) -> str:
         if self.database_url:
@@ -145,6 +159,10 @@ class Settings(BaseSettings):
     @property
     def keys_dir(self) -> Path:
         return self.data_dir / "keys"
+
+    @property
+    def audit_archive_dir(self) -> Path:
+        return self.data_dir / "audit-archive"
 
 
 @lru_cache

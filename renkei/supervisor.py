@@ -268,6 +268,7 @@ class Supervisor:
             *http,
             Child("relay", [*command, "relay", "--prepared"], env),
             Child("router", [*command, "router", "--prepared"], env),
+            Child("audit", [*command, "audit", "--prepared"], env),
         ]
 
     def _announce(self) -> None:
@@ -277,7 +278,7 @@ class Supervisor:
         workers = sum(1 for c in self.children if c.name.startswith("http-"))
         print(
             f"Renkei Hub 連携ハブ: {scheme}://{host}:{port} ({workers} HTTP workers, relay, "
-            "router; Ctrl-C で停止 / to stop)",
+            "router, audit writer; Ctrl-C で停止 / to stop)",
             flush=True,
         )
 

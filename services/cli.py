@@ -1,5 +1,5 @@
 """The ``renkei`` command line: ``up``, ``token``, ``keys``, ``client``, ``dev-ca``, ``worker``,
-``demo``, ``patient forget``, ``audit export``."""
+``demo``, ``patient forget``, ``audit export|verify|archive``."""
 
 from __future__ import annotations
 
@@ -313,8 +313,17 @@ def cmd_worker(args: argparse.Namespace) -> int:
     if args.name == "http":
         serve_http(settings, listen_fd=args.listen_fd, prepared=args.prepared)
         return 0
-    run = {"relay": run_relay, "router": run_router, "escalation": _run_escalation}[args.name]
+    from consumers.audit.writer import run_audit_writer
+
+    run = {
+        "relay": run_relay,
+        "router": run_router,
+        "escalation": _run_escalation,
+        "audit": run_audit_writer,
+    }[args.name]
     lane = None if args.lane == "all" else args.lane
+    if lane == "audit" and args.name != "relay":
+        return _refuse("--lane audit is a relay lane (the audit records' consumer is `audit`)")
 
     async def worker(hub: Hub) -> None:
         await run(hub, lane)
@@ -481,6 +490,99 @@ def cmd_audit_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _since(text: str | None, timezone: str) -> Any:
+    """--since: a date (midnight in the hub's time zone) or an ISO date-time."""
+    from zoneinfo import ZoneInfo
+
+    if text is None:
+        return None
+    moment = datetime.fromisoformat(text)
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=ZoneInfo(timezone))
+
+
+def cmd_audit_verify(args: argparse.Namespace) -> int:
+    """Walk the chain, its archives and its checkpoints; exit 0 only when intact."""
+    from renkei.db import migrate
+    from renkei.hub import Hub
+    from services.audit.verify import verify_trail
+    from services.progress import Progress
+
+    settings = get_settings()
+    try:
+        since = _since(args.since, settings.timezone)
+    except ValueError:
+        return _refuse("--since: a date (2026-04-01) or date-time (2026-04-01T09:00+09:00)")
+
+    async def verify() -> Any:
+        hub = Hub(settings)
+        try:
+            await migrate(hub.engine)
+            line = Progress("verified", None, enabled=args.progress or None)
+
+            def progress(done: int, total: int) -> None:
+                line.total = total or None
+                line.update(done)
+
+            async with hub.sessions() as session:
+                report = await verify_trail(
+                    session, settings.keys_dir, settings.audit_archive_dir,
+                    since=since, progress=progress,
+                )  # fmt: skip
+            line.finish()
+            return report
+        finally:
+            await hub.engine.dispose()
+
+    report = asyncio.run(verify())
+    span = f"seq {report.first_seq}..{report.last_seq}" if report.first_seq is not None else "empty"
+    summary = (
+        f"{report.records} records ({span}), {report.checkpoints} checkpoints, "
+        f"{report.archives} archives"
+    )
+    if report.intact:
+        print(f"監査証跡は改ざんされていません / audit trail intact: {summary}")
+        return 0
+    first = report.problems[0]
+    print(f"監査証跡の検証に失敗しました / audit trail BROKEN at {first}", file=sys.stderr)
+    for problem in report.problems[1:]:
+        print(f"  also {problem}", file=sys.stderr)
+    if report.more_problems:
+        print(f"  and {report.more_problems} more problem(s)", file=sys.stderr)
+    print(f"walked: {summary}", file=sys.stderr)
+    return 1
+
+
+def cmd_audit_archive(_args: argparse.Namespace) -> int:
+    """Move the records past RENKEI_AUDIT_RETENTION_DAYS to an archive file."""
+    from renkei.db import migrate
+    from renkei.hub import Hub
+    from services.audit.archive import archive_old_records
+
+    settings = get_settings()
+
+    async def archive() -> Any:
+        hub = Hub(settings)
+        try:
+            await migrate(hub.engine)
+            async with hub.sessions() as session:
+                return await archive_old_records(session, settings)
+        finally:
+            await hub.engine.dispose()
+
+    result = asyncio.run(archive())
+    if result is None:
+        print(
+            f"保存期間 ({settings.audit_retention_days} 日) を過ぎた記録はありません / "
+            "nothing past retention"
+        )
+        return 0
+    print(
+        f"アーカイブしました / archived: seq {result.first_seq}..{result.last_seq} "
+        f"(archive {result.archive_id}) to {result.path}"
+    )
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from services.demo import run_demo
 
@@ -544,9 +646,9 @@ def parser() -> argparse.ArgumentParser:
     dev_ca.set_defaults(func=cmd_dev_ca)
 
     worker = commands.add_parser(
-        "worker", help="run one worker (http, relay, router or escalation) alone"
+        "worker", help="run one worker (http, relay, router, escalation or audit) alone"
     )
-    worker.add_argument("name", choices=["http", "relay", "router", "escalation"])
+    worker.add_argument("name", choices=["http", "relay", "router", "escalation", "audit"])
     worker.add_argument(
         "--prepared",
         action="store_true",
@@ -557,9 +659,10 @@ def parser() -> argparse.ArgumentParser:
     )
     worker.add_argument(
         "--lane",
-        choices=["all", "urgent", "bulk"],
+        choices=["all", "urgent", "bulk", "audit"],
         default="all",
-        help="relay, router: priority lane: urgent (acute change, stat), bulk (the rest) or all",
+        help="relay, router: priority lane: urgent (acute change, stat), bulk (the rest), "
+        "audit (relay only: the audit records) or all",
     )
     worker.set_defaults(func=cmd_worker)
 
@@ -585,6 +688,18 @@ def parser() -> argparse.ArgumentParser:
     audit_export.add_argument("--output", help="write to this file (default: stdout)")
     audit_export.add_argument("--progress", action="store_true", help=PROGRESS_HELP)
     audit_export.set_defaults(func=cmd_audit_export)
+    verify = audit_commands.add_parser(
+        "verify", help="walk the hash chain and the signed checkpoints (exit 0 only when intact)"
+    )
+    verify.add_argument(
+        "--since", help="from the last checkpoint before this date (default: everything)"
+    )
+    verify.add_argument("--progress", action="store_true", help=PROGRESS_HELP)
+    verify.set_defaults(func=cmd_audit_verify)
+    archive = audit_commands.add_parser(
+        "archive", help="move records past the retention period to an archive file"
+    )
+    archive.set_defaults(func=cmd_audit_archive)
 
     demo = commands.add_parser("demo", help="load the demo region and post one event of each type")
     demo.add_argument("--url", help="the hub's base URL (default: from the settings)")

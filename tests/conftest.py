@@ -96,6 +96,7 @@ def make_settings(tmp_path: Path, database_url: str, bootstrap: str | None, **ex
         relay_poll_seconds=0.05,
         relay_redeliver_after_seconds=extra.pop("relay_redeliver_after_seconds", 10.0),
         router_group_id=f"router-{uuid.uuid4().hex[:8]}",
+        audit_group_id=f"audit-{uuid.uuid4().hex[:8]}",
         consumer_session_timeout_ms=2000 if ENGINE == "tansu" else 6000,
         **extra,
     )

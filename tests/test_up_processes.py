@@ -174,6 +174,7 @@ async def test_up_runs_workers_restarts_them_and_stops_everything(tmp_path, data
     try:
         up.wait_for("relay", 1)
         up.wait_for("router", 1)
+        up.wait_for("audit", 1)
         assert len(up.pids("tansu")) == 1
         seen |= set(up.children())
         # A connection of its own per request: they spread over the workers, and none is left

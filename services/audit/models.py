@@ -68,3 +68,27 @@ class AuditCheckpoint(Base):
     # checkpoint's canonical document; kid names the key.
     kid: Mapped[str] = mapped_column(String(64))
     signature: Mapped[str] = mapped_column(String(200))
+
+
+class AuditArchive(Base):
+    """One retention cut: records ``first_seq``..``last_seq`` moved to an archive file.
+
+    The live chain goes on from ``last_hash`` (the next live record's ``prev_hash``), so verify
+    passes across the cut. The row is signed like a checkpoint (over ``archive_document``) and
+    is append-only like the records; on PostgreSQL the delete trigger lets the archive remove
+    only records that such a row covers (migration 0012).
+    """
+
+    __tablename__ = "audit_archive"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    first_seq: Mapped[int] = mapped_column(Integer)
+    last_seq: Mapped[int] = mapped_column(Integer)
+    first_prev_hash: Mapped[str] = mapped_column(String(64))
+    last_hash: Mapped[str] = mapped_column(String(64))
+    # The file's name under the data dir's audit-archive/, and SHA-256 of its record lines.
+    file: Mapped[str] = mapped_column(String(200))
+    file_sha256: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    kid: Mapped[str] = mapped_column(String(64))
+    signature: Mapped[str] = mapped_column(String(200))

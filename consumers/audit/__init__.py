@@ -1,0 +1,2 @@
+"""The audit writer: renkei.audit -> the hash-chained audit_record table, with signed
+checkpoints."""
