@@ -36,6 +36,7 @@ from schemas.notification_record import NotificationRecord
 from schemas.topics import NOTIFICATION_TOPIC, lane_of
 from services.intake.models import Event
 from services.notifications.models import Notification
+from services.notifications.stream import stamp_stream_order
 from services.registry import service as registry
 
 log = logging.getLogger(__name__)
@@ -187,6 +188,8 @@ async def route_events(
             )
         )
     if notifications:
+        # The live stream's order, under a lock held to the commit.
+        await stamp_stream_order(session, notifications)
         await session.execute(
             insert_ignore_many(session, Notification.__table__, ["event_id", "recipient"]),
             notifications,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import Boolean, ForeignKey, Index, String, UniqueConstraint, false
+from sqlalchemy import BigInteger, Boolean, ForeignKey, Index, String, UniqueConstraint, false
 from sqlalchemy.orm import Mapped, mapped_column
 
 from renkei.db import Base, UTCDateTime
@@ -16,6 +16,9 @@ class Notification(Base):
         # A redelivered Kafka record must create nothing new.
         UniqueConstraint("event_id", "recipient", name="uq_notification_event_recipient"),
         Index("ix_notification_org_sent", "recipient_org_id", "sent"),
+        # The live stream: the next ones after a reader's cursor, and the newest (0010).
+        Index("ix_notification_stream_seq", "stream_seq", unique=True),
+        Index("ix_notification_org_stream", "recipient_org_id", "stream_seq"),
     )
 
     id: Mapped[str] = mapped_column(String(36), primary_key=True)
@@ -41,3 +44,6 @@ class Notification(Base):
     # Why it was shared (consumers/routing/rules.py: consent-permit, opt-out-default,
     # break-glass); None for notifications routed before the reason was recorded.
     reason: Mapped[str | None] = mapped_column(String(40), nullable=True)
+    # Its place in the live stream (the SSE event id), one order over every hub process, given
+    # in commit order by services/notifications/stream.py ``stamp_stream_order``.
+    stream_seq: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
