@@ -19,7 +19,7 @@ from renkei.crypto import Keyring
 from renkei.db import create_engine, migrate, session_factory
 from renkei.keys import secure_dir, secure_tree
 from renkei.settings import Settings
-from renkei.wakeup import OutboxSignal
+from renkei.wakeup import OutboxSignal, RoutedSignal
 from services.auth.verifier import TokenVerifier
 
 log = logging.getLogger(__name__)
@@ -46,6 +46,9 @@ class Hub:
         # at once instead of at its next poll: the relay of this process directly, those of
         # other processes on this host through the doorbell (renkei.wakeup).
         self.outbox_written = OutboxSignal(settings.data_dir)
+        # Rung by the router after it commits notifications: wakes the live streams of every
+        # process on this host (services/notifications/stream.py).
+        self.notifications_routed = RoutedSignal(settings.data_dir)
 
     async def start(
         self, *, broker: bool = True, workers: bool = True, prepared: bool = False
@@ -128,6 +131,7 @@ class Hub:
             await asyncio.to_thread(self._embedded.stop)
             self._embedded = None
         self.outbox_written.close()
+        self.notifications_routed.close()
         await self.engine.dispose()
 
 

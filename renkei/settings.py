@@ -98,6 +98,14 @@ class Settings(BaseSettings):
     # window (Tansu forgets everything on restart; an unclean failover can lose acked records).
     relay_recovery_redrive_seconds: float = 5.0
 
+    # Live stream (GET /notifications/stream): a comment line this often keeps proxies and
+    # clients from timing the connection out; the database is read again at least this often
+    # when no doorbell rang (the router's ring wakes a stream on the same host at once; set it
+    # lower for HTTP workers on other hosts than the router); events per read.
+    stream_heartbeat_seconds: float = Field(default=15.0, gt=0)
+    stream_poll_seconds: float = Field(default=1.0, gt=0)
+    stream_batch: int = Field(default=100, ge=1, le=1000)
+
     router_group_id: str = "renkei-router"
     # Records routed per database transaction. Bounded because SQLite serializes writers: the
     # urgent lane's transaction must never wait long behind a bulk one.

@@ -35,8 +35,13 @@ MAX_SOCKET_PATH = 100
 RING = b"\x01"
 
 
-def doorbell_dir(data_dir: Path) -> Path:
-    return Path(data_dir).resolve() / DOORBELL_DIR
+# The live streams' doorbell (services/notifications/stream.py): the router rings it after it
+# committed notifications; the HTTP workers with a stream open listen.
+STREAM_DOORBELL_DIR = "wakeup-stream"
+
+
+def doorbell_dir(data_dir: Path, folder: str = DOORBELL_DIR) -> Path:
+    return Path(data_dir).resolve() / folder
 
 
 def _address(folder: Path, name: str) -> str | bytes:
@@ -51,8 +56,8 @@ def _address(folder: Path, name: str) -> str | bytes:
 class Doorbell:
     """The writers' side: one byte to every relay listening in the data dir."""
 
-    def __init__(self, data_dir: Path) -> None:
-        self.folder = doorbell_dir(data_dir)
+    def __init__(self, data_dir: Path, folder: str = DOORBELL_DIR) -> None:
+        self.folder = doorbell_dir(data_dir, folder)
         self._socket: socket.socket | None = None
         self._seen: int | None = None  # the folder's mtime when ``_names`` was read
         self._names: list[str] = []
@@ -105,10 +110,16 @@ class Doorbell:
 class DoorbellListener:
     """The relay's side: a socket of its own in the folder; datagrams call ``on_ring``."""
 
-    def __init__(self, data_dir: Path, on_ring: Callable[[], None]) -> None:
-        self.folder = doorbell_dir(data_dir)
+    def __init__(
+        self,
+        data_dir: Path,
+        on_ring: Callable[[], None],
+        folder: str = DOORBELL_DIR,
+        prefix: str = "relay",
+    ) -> None:
+        self.folder = doorbell_dir(data_dir, folder)
         self.on_ring = on_ring
-        self.name = f"relay-{os.getpid()}-{uuid.uuid4().hex[:8]}{SUFFIX}"
+        self.name = f"{prefix}-{os.getpid()}-{uuid.uuid4().hex[:8]}{SUFFIX}"
         self._socket: socket.socket | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
 
@@ -175,6 +186,68 @@ class OutboxSignal(asyncio.Event):
             self._listener = listener
 
     def close(self) -> None:
+        if self._listener is not None:
+            self._listener.close()
+            self._listener = None
+        self._doorbell.close()
+
+
+class RoutedSignal:
+    """``hub.notifications_routed``: the live streams (services/notifications/stream.py) of
+    this process, and the doorbell of the others. ``ring()`` after a commit that wrote
+    notifications; the first stream of a process starts listening."""
+
+    def __init__(self, data_dir: Path) -> None:
+        self._data_dir = Path(data_dir)
+        self._doorbell = Doorbell(self._data_dir, STREAM_DOORBELL_DIR)
+        self._listener: DoorbellListener | None = None
+        self._waiters: set[asyncio.Event] = set()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self.closing = False
+
+    def ring(self) -> None:
+        self._wake()
+        self._doorbell.ring()  # never raises: the streams' poll remains the fallback
+
+    def _wake(self) -> None:
+        for waiter in self._waiters:
+            waiter.set()
+
+    def waiter(self) -> asyncio.Event:
+        """An Event set when notifications were routed (or the hub is closing); this process
+        starts listening for the other processes' rings with its first stream."""
+        self._loop = asyncio.get_running_loop()
+        if self._listener is None:
+            listener = DoorbellListener(
+                self._data_dir, self._wake, folder=STREAM_DOORBELL_DIR, prefix="stream"
+            )
+            try:
+                listener.start()
+                self._listener = listener
+            except OSError as error:
+                log.warning("stream doorbell not heard (%s); polling", type(error).__name__)
+        waiter = asyncio.Event()
+        self._waiters.add(waiter)
+        return waiter
+
+    def release(self, waiter: asyncio.Event) -> None:
+        self._waiters.discard(waiter)
+
+    def close_streams(self) -> None:
+        """The hub is stopping: every open stream says so and ends."""
+        self.closing = True
+        self._wake()
+
+    def close_streams_threadsafe(self) -> None:
+        """From a signal handler (uvicorn's ``handle_exit``)."""
+        self.closing = True
+        loop = self._loop
+        if loop is not None and not loop.is_closed():
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(self._wake)
+
+    def close(self) -> None:
+        self.close_streams()
         if self._listener is not None:
             self._listener.close()
             self._listener = None

@@ -48,6 +48,11 @@ class AuditAction(StrEnum):
     NOTIFICATION_LISTED = "notification.listed"
     NOTIFICATION_READ = "notification.read"
     NOTIFICATION_ACKNOWLEDGED = "notification.acknowledged"
+    # GET /notifications/stream opened (each notification it then delivers is a
+    # notification.listed record with detail {"via": "stream"})
+    STREAM_OPENED = "notification.stream-opened"
+    # the sender read its message's receipts (GET /fhir/MessageHeader/{id}/$status)
+    RECEIPTS_READ = "receipts.read"
     # patient data in the registry (Patient, CareTeam, Consent, the unmatched queue)
     PATIENT_READ = "patient.read"
     PATIENT_QUERY = "patient.query"

@@ -20,7 +20,9 @@ from services.intake.queue import IntakeQueue
 from services.intake.views import router as intake_router
 from services.metrics.views import IntakeTimer
 from services.metrics.views import router as metrics_router
+from services.notifications.stream_views import router as stream_router
 from services.notifications.views import router as notifications_router
+from services.receipts.views import router as receipts_router
 from services.registry.views import router as registry_router
 from services.responses import JSONResponse
 from services.review.views import router as review_router
@@ -80,6 +82,8 @@ def create_app(
     limited = [Depends(rate_limit)]
     app.include_router(intake_router, dependencies=limited)
     app.include_router(notifications_router, dependencies=limited)
+    app.include_router(stream_router, dependencies=limited)
+    app.include_router(receipts_router, dependencies=limited)
     app.include_router(registry_router, dependencies=limited)
     app.include_router(review_router, dependencies=limited)
     app.include_router(audit_router, dependencies=limited)

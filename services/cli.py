@@ -52,8 +52,10 @@ def serve_http(settings: Settings, *, listen_fd: int | None, prepared: bool) -> 
     from renkei.supervisor import bind_listener
     from services import logs
     from services.app import create_app
+    from services.notifications.stream import closing_server
 
-    app = create_app(Hub(settings), manage_hub=True, workers=False, prepared=prepared)
+    hub = Hub(settings)
+    app = create_app(hub, manage_hub=True, workers=False, prepared=prepared)
     tls: dict[str, Any] = {}
     if settings.tls_enabled:
         tls = {"ssl_certfile": str(settings.tls_cert), "ssl_keyfile": str(settings.tls_key)}
@@ -81,7 +83,8 @@ def serve_http(settings: Settings, *, listen_fd: int | None, prepared: bool) -> 
         listener = socket.socket(fileno=listen_fd)
     else:
         listener = bind_listener(settings.host, settings.port, reuse_port=True)
-    uvicorn.Server(config).run(sockets=[listener])
+    # Open live streams end (event: close) when the worker is told to stop.
+    closing_server(config, hub).run(sockets=[listener])
 
 
 def _with_database(work: Callable[[Any], Awaitable[Any]]) -> Any:

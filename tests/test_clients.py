@@ -82,8 +82,8 @@ async def test_an_es384_client_gets_an_hour_long_system_token_it_can_use(api) ->
     body = response.json()
     assert body["token_type"] == "bearer" and 0 < body["expires_in"] <= 3600
     assert body["scope"] == (
-        "system/Communication.rs system/Organization.rs system/Practitioner.rs "
-        "system/PractitionerRole.rs"
+        "system/Communication.rs system/MessageHeader.r system/Organization.rs "
+        "system/Practitioner.rs system/PractitionerRole.rs"
     )
     claims = jwt.decode(body["access_token"], options={"verify_signature": False})
     assert (claims["role"], claims["org"], claims["client_id"]) == ("system", HOSPITAL, client_id)
@@ -102,8 +102,8 @@ async def test_an_rs384_client_is_granted_at_most_what_the_system_role_allows(ap
     cases = {
         "system/Communication.cruds system/Patient.rs": "system/Communication.rus",
         "system/*.*": (
-            "system/Bundle.c system/Communication.rus system/Organization.rs "
-            "system/Practitioner.rs system/PractitionerRole.rs"
+            "system/Bundle.c system/Communication.rus system/MessageHeader.r "
+            "system/Organization.rs system/Practitioner.rs system/PractitionerRole.rs"
         ),
         "system/Communication.read system/Bundle.write": "system/Bundle.c system/Communication.rs",
     }

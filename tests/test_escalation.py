@@ -197,6 +197,9 @@ async def test_unanswered_goes_to_backup_hospital_then_office_once_each(
         ).all()
     assert {n.escalation_of for n in rows} == {original}
     assert {n.priority for n in rows} == {"stat"}
+    # On the live stream after the routed ones, in firing order.
+    seqs = [n.stream_seq for n in sorted(rows, key=lambda n: n.escalation_step)]
+    assert None not in seqs and seqs == sorted(seqs) and len(set(seqs)) == 3
     office = next(n for n in rows if n.recipient == OFFICE)
     assert (office.care_team_role, office.content) == ("region-office", "summary")
     fired = await audit_records(db_sessions, AuditAction.ESCALATION_FIRED)

@@ -67,6 +67,9 @@ async def test_every_route_has_a_rule_and_every_rule_a_route(api) -> None:
 async def test_role_route_matrix(api) -> None:
     """Every route x every role (and no token): refused exactly where the rule says."""
     await load_region(api.hub)
+    # A live stream that was let in answers 200 and then never ends: as at hub shutdown, it
+    # says so and ends at once, which still shows whether the policy let the role in.
+    api.hub.notifications_routed.close_streams()
     checked = 0
     for method, path in app_routes(create_app(api.hub)):
         rule = policy.rule_for(method, path)

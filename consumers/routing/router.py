@@ -27,6 +27,7 @@ from consumers.routing.table import RoutingTable, load_routing
 from renkei.broker import Broker
 from renkei.crypto import CryptoError, KeyDestroyed, keyring_of
 from renkei.settings import Settings
+from renkei.wakeup import RoutedSignal
 from schemas.envelope import (
     HEADER_EVENT_ID,
     HEADER_KEY_ID,
@@ -70,6 +71,7 @@ class Router:
         after_write: Callable[[str], None] | None = None,
         outbox_written: asyncio.Event | None = None,
         lane: str | None = None,
+        notifications_routed: RoutedSignal | None = None,
     ) -> None:
         self.sessions = sessions
         self.broker = broker
@@ -86,6 +88,8 @@ class Router:
         # The notification records it writes go out through the outbox: wake this process's
         # relay rather than leave them to its next poll.
         self.outbox_written = outbox_written
+        # The live streams (GET /notifications/stream) of every process on this host.
+        self.notifications_routed = notifications_routed
         self.handled = 0  # records taken from Kafka (a redelivery counts again)
         self.routed = 0  # events this router routed (a redelivery of a routed event does not)
 
@@ -169,8 +173,11 @@ class Router:
             return
         for record, reason in dead:
             await self._dead_letter(dlq, record, reason)
-        if any(outcome.notified for _e, outcome in routed) and self.outbox_written is not None:
-            self.outbox_written.set()
+        if any(outcome.notified for _e, outcome in routed):
+            if self.outbox_written is not None:
+                self.outbox_written.set()
+            if self.notifications_routed is not None:
+                self.notifications_routed.ring()
         for event, outcome in routed:
             if not outcome.already_routed:
                 self.routed += 1
@@ -279,7 +286,14 @@ async def run_router(hub, lane: str | None = None) -> None:  # noqa: ANN001 - Hu
     """The router of one lane, or (``None``) of both lanes, each its own consumer."""
     assert hub.broker is not None
     routers = [
-        Router(hub.sessions, hub.broker, hub.settings, outbox_written=hub.outbox_written, lane=name)
+        Router(
+            hub.sessions,
+            hub.broker,
+            hub.settings,
+            outbox_written=hub.outbox_written,
+            lane=name,
+            notifications_routed=hub.notifications_routed,
+        )
         for name in ([lane] if lane else LANES)
     ]
     await asyncio.gather(*(router.run() for router in routers))

@@ -41,6 +41,7 @@ from services.audit.emit import HUB_ROUTER, emit_records, hub_agent, new_record
 from services.escalation.service import start_escalations
 from services.intake.models import Event
 from services.notifications.models import Notification
+from services.notifications.stream import stamp_stream_order
 from services.registry import service as registry
 
 log = logging.getLogger(__name__)
@@ -211,6 +212,8 @@ async def route_events(
             )
         )
     if notifications:
+        # The live stream's order, under a lock held to the commit.
+        await stamp_stream_order(session, notifications)
         await session.execute(
             insert_ignore_many(
                 session, Notification.__table__, ["event_id", "recipient", "escalation_step"]

@@ -112,6 +112,14 @@ ROUTE_RULES: dict[tuple[str, str], Rule] = {
     ("POST", "/fhir/Communication/{notification_id}/$acknowledge"): Rule(
         CARE_WORKERS, "addressed to the caller only", ("Communication", "u")
     ),
+    ("GET", "/notifications/stream"): Rule(
+        CARE_WORKERS, "addressed to the caller only", ("Communication", "s")
+    ),
+    ("GET", "/fhir/MessageHeader/{event_id}/$status"): Rule(
+        frozenset({R.REGION_ADMIN, R.ORG_ADMIN, R.MEMBER, R.SYSTEM}),
+        "the message's sender or the region office; withheld recipients: region office only",
+        ("MessageHeader", "r"),
+    ),
     ("GET", "/admin/unmatched-events"): Rule(frozenset({R.REGION_ADMIN}), "region office only"),
     ("GET", "/admin/break-glass"): Rule(frozenset({R.REGION_ADMIN}), "region office only"),
     ("POST", "/admin/break-glass/{event_id}/$review"): Rule(
@@ -276,6 +284,24 @@ def audit_scope(principal: Principal, settings: Settings) -> AuditScope:
     if principal.org_id == settings.region_org:
         return AuditScope(True)
     return AuditScope(False, principal.org_id)
+
+
+# Read receipts (GET /fhir/MessageHeader/{event id}/$status)
+
+
+def may_see_receipts(principal: Principal, sender_org_id: str, settings: Settings) -> bool:
+    """The organization that sent the message, and the region office; everyone else is told
+    the message does not exist (404)."""
+    if principal.role not in PATIENT_READERS:
+        return False
+    return principal.org_id in (sender_org_id, settings.region_org)
+
+
+def sees_withheld_recipients(principal: Principal, settings: Settings) -> bool:
+    """Who a delivery was withheld from (and under which consent rule) says what the patient
+    chose about that organization: the region office sees it, the sender only that, and how
+    often, a delivery was withheld by consent."""
+    return principal.org_id == settings.region_org
 
 
 # --------------------------------------------------------------------------------------------

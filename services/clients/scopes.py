@@ -13,10 +13,12 @@ V2_ORDER = "cruds"
 V1 = {"read": "rs", "write": "cud", "*": "cruds"}
 # What the system role can do at all (kept in step with services.auth.policy): read the
 # region's directory, post messages ($process-message takes a Bundle), read and mark its
-# organization's notifications (Communication).
+# organization's notifications (Communication), read the receipts of what it sent
+# (MessageHeader/$status).
 SYSTEM_CEILING: dict[str, str] = {
     "Bundle": "c",
     "Communication": "rus",
+    "MessageHeader": "r",
     "Organization": "rs",
     "Practitioner": "rs",
     "PractitionerRole": "rs",

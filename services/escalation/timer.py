@@ -39,6 +39,7 @@ from services.escalation.models import COMPLETED, PENDING, STOPPED, EscalationTi
 from services.escalation.service import STAT, escalation_window
 from services.intake.models import STATUS_FORGOTTEN, Event
 from services.notifications.models import Notification
+from services.notifications.stream import stamp_stream_order
 
 log = logging.getLogger(__name__)
 
@@ -215,6 +216,9 @@ class Escalator:
                        entities=[*entities, recipient, AuditEntity(f"Communication/{row['id']}")],
                        reason=target.reason, detail=detail)  # fmt: skip
         if rows:
+            # Its place on the live stream, like every notification (after the step's claim,
+            # so this transaction already holds SQLite's write lock).
+            await stamp_stream_order(session, rows)
             await session.execute(
                 insert_ignore_many(
                     session, Notification.__table__, ["event_id", "recipient", "escalation_step"]

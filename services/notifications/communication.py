@@ -171,4 +171,26 @@ def to_communication(  # noqa: ANN001 - zone: ZoneInfo
                 "valueDateTime": notification.acknowledged_at.isoformat(),
             }
         )
+    # The receipt as the sender's GET /fhir/MessageHeader/{id}/$status shows it: delivered
+    # (sent), read (received), acknowledged, and who read / acknowledged.
+    communication["extension"].append(
+        {"url": f"{STATUS_EXTENSION}/receipt-status", "valueCode": receipt_status(notification)}
+    )
+    for name, who in (
+        ("read-by", notification.read_by),
+        ("acknowledged-by", notification.acknowledged_by),
+    ):
+        if who is not None:
+            communication["extension"].append(
+                {"url": f"{STATUS_EXTENSION}/{name}", "valueReference": {"reference": who}}
+            )
     return communication
+
+
+def receipt_status(notification: Notification) -> str:
+    """delivered, read (既読) or acknowledged (対応済)."""
+    if notification.acknowledged_at is not None:
+        return "acknowledged"
+    if notification.read_at is not None:
+        return "read"
+    return "delivered"

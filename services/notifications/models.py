@@ -4,7 +4,16 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import Boolean, ForeignKey, Index, Integer, String, UniqueConstraint, false
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    UniqueConstraint,
+    false,
+)
 from sqlalchemy.orm import Mapped, mapped_column
 
 from renkei.db import Base, UTCDateTime
@@ -19,6 +28,9 @@ class Notification(Base):
             "event_id", "recipient", "escalation_step", name="uq_notification_event_recipient_step"
         ),
         Index("ix_notification_org_sent", "recipient_org_id", "sent"),
+        # The live stream: the next ones after a reader's cursor, and the newest (0010).
+        Index("ix_notification_stream_seq", "stream_seq", unique=True),
+        Index("ix_notification_org_stream", "recipient_org_id", "stream_seq"),
     )
 
     id: Mapped[str] = mapped_column(String(36), primary_key=True)
@@ -49,3 +61,6 @@ class Notification(Base):
     # change, with ``escalation_of`` the stat notification whose chain it continues.
     escalation_step: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     escalation_of: Mapped[str | None] = mapped_column(String(36), nullable=True)
+    # Its place in the live stream (the SSE event id), one order over every hub process, given
+    # in commit order by services/notifications/stream.py ``stamp_stream_order``.
+    stream_seq: Mapped[int | None] = mapped_column(BigInteger, nullable=True)

@@ -44,7 +44,8 @@ class NotificationFilter:
     priority: str | None = None
 
 
-def _visible(references: list[str], org_id: str) -> Select:
+def visible(references: list[str], org_id: str) -> Select:
+    """(Notification, Event) rows addressed to ``references`` at the caller's organization."""
     return (
         select(Notification, Event)
         .join(Event, Event.id == Notification.event_id)
@@ -68,7 +69,7 @@ async def search(
     offset: int,
 ) -> tuple[list[tuple[Notification, Event]], int]:
     references = await audience(session, principal)
-    query = _visible(references, principal.org_id)
+    query = visible(references, principal.org_id)
     if filters.status:
         query = query.where(or_(*[_status_clause(s) for s in filters.status.split(",")]))
     if filters.received_missing is not None:
@@ -100,7 +101,7 @@ async def get(
     references = await audience(session, principal)
     row = (
         await session.execute(
-            _visible(references, principal.org_id).where(Notification.id == notification_id)
+            visible(references, principal.org_id).where(Notification.id == notification_id)
         )
     ).first()
     if row is None:
