@@ -17,7 +17,7 @@ from schemas.audit import (
 from services.audit.chain import append
 from services.audit.emit import HUB_ROUTER, hub_agent, new_record
 from services.registry import service as registry
-from tests.audittools import audit_records
+from tests.audit_emitted import audit_records
 
 REGION = "region-office"
 CLINIC = "clinic-a"

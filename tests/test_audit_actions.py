@@ -1,7 +1,7 @@
 """Every action of the hub leaves exactly one audit record, with who, what, whose and why.
 
 Driven through the real HTTP surface (and the router's service, the CLI as a process), read
-back from the outbox as the audit writer will (tests/audittools.py).
+back from the outbox as the audit writer will (tests/audit_emitted.py).
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from services.auth.service import Role, issue_token
 from services.demo_region import PATIENTS
 from services.intake.models import Event
 from services.notifications.models import Notification
-from tests.audittools import audit_records, only_record, record_count
+from tests.audit_emitted import audit_records, only_record, record_count
 from tests.hubtools import (
     HOSPITAL,
     accept,

@@ -19,7 +19,7 @@ from renkei.settings import Settings
 from schemas.audit import AuditAction, AuditRecord, audit_record_aad
 from services.audit.archive import archive_old_records
 from services.audit.models import AuditArchive, AuditCheckpoint, AuditRecordRow
-from tests.audit_tools import chain, intrude, stored_count, verify
+from tests.audit_chain import chain, intrude, stored_count, verify
 
 
 def dirs(tmp_path: Path) -> tuple[Path, Path]:
@@ -87,7 +87,7 @@ async def test_an_inserted_record_breaks_the_link_after_it(db_sessions, tmp_path
     await chain(db_sessions, keys, 10)
     # A forged record slipped in after seq 5, correctly hashed over seq 5, the rest renumbered.
     from services.audit.chain import link_hash
-    from tests.audit_tools import records
+    from tests.audit_chain import records
 
     async with db_sessions() as session:
         row5 = await session.get(AuditRecordRow, 5)

@@ -19,7 +19,7 @@ from renkei.settings import Settings
 from schemas.audit import AuditAction, AuditEntity
 from services.audit.emit import emit, emit_records, hub_agent
 from services.audit.models import AuditCheckpoint, AuditRecordRow
-from tests.audit_tools import records, stored_count, verify
+from tests.audit_chain import records, stored_count, verify
 
 
 async def wait_stored(hub: Hub, count: int, within: float = 60.0) -> None:

@@ -92,6 +92,10 @@ SHAPES: dict[AuditAction, Shape] = {
     A.NOTIFICATION_LISTED: Shape(REST, _rest("search-type"), "E", "PatientQuery", "Query"),
     A.NOTIFICATION_READ: Shape(REST, _rest("read"), "R", "PatientRead", "Read"),
     A.NOTIFICATION_ACKNOWLEDGED: Shape(REST, _rest("update"), "U", "PatientUpdate", "Update"),
+    # A live stream opened: a standing query of the caller's notifications.
+    A.STREAM_OPENED: Shape(REST, _rest("search-type"), "E", "PatientQuery", "Query"),
+    # The sender read who received, read and acknowledged its message.
+    A.RECEIPTS_READ: Shape(REST, _rest("operation"), "R", "PatientRead", "Read"),
     A.PATIENT_READ: Shape(REST, _rest("read"), "R", "PatientRead", "Read"),
     A.PATIENT_QUERY: Shape(REST, _rest("search-type"), "E", "PatientQuery", "Query"),
     A.RESOURCE_CREATED: Shape(REST, _rest("create"), "C", "PatientCreate", "Create"),

@@ -48,7 +48,7 @@ async def writer_leg(records: int, url: str, work: Path) -> tuple[float, float]:
     from renkei.settings import Settings
     from services.audit.emit import emit_records
     from services.audit.models import AuditRecordRow
-    from tests.audit_tools import records as make_records
+    from tests.audit_chain import records as make_records
 
     settings = Settings(
         data_dir=work / "var",
@@ -87,7 +87,7 @@ async def verify_leg(records: int, url: str, work: Path) -> tuple[float, float, 
     from renkei.crypto import Keyring
     from renkei.db import create_engine, migrate, session_factory
     from services.audit.verify import verify_trail
-    from tests.audit_tools import chain
+    from tests.audit_chain import chain
 
     engine = create_engine(url)
     await migrate(engine)
