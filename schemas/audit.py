@@ -6,8 +6,9 @@ Patterns). The record names actors and resources by their hub ids only (Organiza
 PractitionerRole, client, token id, the patient's FHIR id): never a name, an identifier value,
 a query's values or message content, so the trail itself holds no personal data to protect.
 
-The record value on Kafka is the canonical JSON below sealed under the hub's data key (the
-trail must outlive a patient's forgotten keys), AAD ``kafka|audit|<record id>``.
+The record value on Kafka is a JSON array of the canonical documents of one transaction's
+records (``batch_bytes``), sealed under the hub's data key (the trail must outlive a patient's
+forgotten keys), AAD ``kafka|audit|<first record id>``.
 """
 
 from __future__ import annotations
@@ -18,8 +19,12 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
-AUDIT_SCHEMA_VERSION = 1
-HEADER_AUDIT_ID = "renkei-audit-id"
+AUDIT_SCHEMA_VERSION = 1  # of one record's document (hashed into the chain)
+# Of the Kafka record: version 2 carries every audit record of one transaction as a JSON array,
+# sealed once, so auditing adds one outbox row per transaction, not one per record.
+AUDIT_BATCH_VERSION = 2
+HEADER_AUDIT_ID = "renkei-audit-id"  # the first record's id (AAD and outbox key)
+HEADER_AUDIT_COUNT = "renkei-audit-count"
 HEADER_SCHEMA_VERSION = "renkei-schema-version"
 HEADER_KEY_ID = "renkei-key-id"
 
@@ -179,12 +184,27 @@ class AuditRecord:
     def from_bytes(cls, raw: bytes) -> AuditRecord:
         return cls.from_document(json.loads(raw))
 
-    def headers(self, key_id: str) -> list[tuple[str, bytes]]:
-        return [
-            (HEADER_AUDIT_ID, self.id.encode()),
-            (HEADER_SCHEMA_VERSION, str(self.schema_version).encode()),
-            (HEADER_KEY_ID, key_id.encode()),
-        ]
+
+
+def batch_bytes(records: list[AuditRecord]) -> bytes:
+    """One transaction's records, in order, as one JSON array of canonical documents."""
+    return b"[" + b",".join(r.to_bytes() for r in records) + b"]"
+
+
+def batch_from_bytes(raw: bytes) -> list[AuditRecord]:
+    documents = json.loads(raw)
+    if not isinstance(documents, list) or not documents:
+        raise ValueError("an audit batch is a non-empty JSON array")
+    return [AuditRecord.from_document(d) for d in documents]
+
+
+def batch_headers(records: list[AuditRecord], key_id: str) -> list[tuple[str, bytes]]:
+    return [
+        (HEADER_AUDIT_ID, records[0].id.encode()),
+        (HEADER_AUDIT_COUNT, str(len(records)).encode()),
+        (HEADER_SCHEMA_VERSION, str(AUDIT_BATCH_VERSION).encode()),
+        (HEADER_KEY_ID, key_id.encode()),
+    ]
 
 
 def canonical_bytes(document: dict[str, Any]) -> bytes:

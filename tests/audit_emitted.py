@@ -12,7 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from producers.models import OutboxRecord
 from renkei.crypto import keyring_of
-from schemas.audit import AuditAction, AuditRecord, audit_record_aad
+from schemas.audit import AuditAction, AuditRecord, audit_record_aad, batch_from_bytes
 from schemas.topics import AUDIT_TOPIC
 
 
@@ -30,10 +30,11 @@ async def audit_records(
         ).all()
         keyring = keyring_of(session)
         records = [
-            AuditRecord.from_bytes(
+            record
+            for row in rows
+            for record in batch_from_bytes(
                 await keyring.open(session, row.value, audit_record_aad(row.key))
             )
-            for row in rows
         ]
     return [r for r in records if action is None or r.action == action]
 

@@ -8,7 +8,14 @@ from sqlalchemy import select
 
 from producers.models import OutboxRecord
 from renkei.crypto import CryptoError, keyring_of
-from schemas.audit import AuditAction, AuditEntity, AuditOutcome, AuditRecord, audit_record_aad
+from schemas.audit import (
+    AuditAction,
+    AuditEntity,
+    AuditOutcome,
+    AuditRecord,
+    audit_record_aad,
+    batch_from_bytes,
+)
 from schemas.topics import AUDIT_TOPIC, LANE_AUDIT, lane_of
 from services.audit.emit import emit, hub_agent, principal_agent
 from services.auth.service import Principal, Role
@@ -49,7 +56,7 @@ async def test_an_emitted_record_is_one_sealed_outbox_row_committed_with_the_act
         )
         assert b"consent" not in row.value and b"p1" not in row.value
         plain = await keyring_of(session).open(session, row.value, audit_record_aad(record.id))
-        assert AuditRecord.from_bytes(plain) == record
+        assert batch_from_bytes(plain) == [record]
         with pytest.raises(CryptoError):
             await keyring_of(session).open(session, row.value, audit_record_aad("another"))
     assert lane_of(AUDIT_TOPIC) == LANE_AUDIT

@@ -16,7 +16,7 @@ from producers.models import OutboxRecord
 from renkei.crypto import keyring_of
 from renkei.db import utcnow
 from renkei.settings import Settings
-from schemas.audit import AuditAction, AuditRecord, audit_record_aad
+from schemas.audit import AuditAction, audit_record_aad, batch_from_bytes
 from services.audit.archive import archive_old_records
 from services.audit.models import AuditArchive, AuditCheckpoint, AuditRecordRow
 from tests.audit_chain import chain, intrude, stored_count, verify
@@ -149,7 +149,7 @@ async def test_archive_then_verify_passes_across_the_cut(db_sessions, tmp_path):
     async with db_sessions() as session:
         (row,) = (await session.scalars(select(OutboxRecord))).all()
         plain = await keyring_of(session).open(session, row.value, audit_record_aad(row.key))
-        emitted = AuditRecord.from_bytes(plain)
+        (emitted,) = batch_from_bytes(plain)
     assert emitted.action == AuditAction.AUDIT_ARCHIVED
     assert (emitted.detail["first_seq"], emitted.detail["last_seq"]) == (1, 39)
     # The trail goes on after the cut, and a second cut joins the first.

@@ -22,7 +22,7 @@ from producers.models import OutboxRecord
 from renkei.crypto import keyring_of
 from renkei.db import utcnow
 from renkei.settings import Settings
-from schemas.audit import AuditAction, AuditRecord, audit_record_aad
+from schemas.audit import AuditAction, AuditRecord, audit_record_aad, batch_from_bytes
 from schemas.events import EventType
 from schemas.notification_record import NotificationRecord
 from schemas.topics import AUDIT_TOPIC, NOTIFICATION_TOPIC
@@ -116,7 +116,7 @@ async def audit_records(sessions, action: AuditAction) -> list[AuditRecord]:  # 
         records = []
         for row in rows:
             plain = await keyring_of(session).open(session, row.value, audit_record_aad(row.key))
-            records.append(AuditRecord.from_bytes(plain))
+            records += batch_from_bytes(plain)
     return [r for r in records if r.action == action]
 
 

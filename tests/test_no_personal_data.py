@@ -123,7 +123,8 @@ async def test_no_personal_data_in_logs_topics_or_files(tmp_path: Path, caplog) 
             for name, value in record.headers:
                 assert name in {
                     "renkei-event-id", "renkei-event-type", "renkei-schema-version",
-                    "renkei-key-id", "renkei-audit-id",  # audit records: their uuid
+                    "renkei-key-id",
+                    "renkei-audit-id", "renkei-audit-count",  # audit batches: first uuid, count
                 }, name  # fmt: skip
                 assert_clean(f"{where} header {name}", value)
         running_files = {p: p.read_bytes() for p in data_dir.rglob("*") if p.is_file()}

@@ -1,10 +1,11 @@
 """The audit writer: a consumer group of its own over ``renkei.audit``.
 
-What a poll returns is opened (the hub's data key, AAD ``kafka|audit|<id>``) and chained in
-one database transaction (services.audit.chain.append); the offsets are committed only after
-that transaction. A crash in between makes Kafka deliver the batch again and ``append`` stores
-each record id once, so every record is stored exactly once however often it arrives (the
-relay re-drives what the writer has not stored, too). Two writers at once (a second process,
+What a poll returns (each Kafka record one transaction's audit records) is opened (the hub's
+data key, AAD ``kafka|audit|<first record id>``) and chained in one database transaction
+(services.audit.chain.append); the offsets are committed only after that transaction. A crash
+in between makes Kafka deliver the batch again and ``append`` stores each record id once, so
+every record is stored exactly once however often it arrives (the relay re-drives what the
+writer has not stored, too). Two writers at once (a second process,
 a rebalance) never fork the chain: both take the seq after the head, one commit collides on
 the primary key, and that writer rolls back and chains its batch again after the new head.
 
@@ -30,12 +31,13 @@ from renkei.broker import Broker
 from renkei.crypto import CryptoError, keyring_of
 from renkei.settings import Settings
 from schemas.audit import (
-    AUDIT_SCHEMA_VERSION,
+    AUDIT_BATCH_VERSION,
     HEADER_AUDIT_ID,
     HEADER_KEY_ID,
     HEADER_SCHEMA_VERSION,
     AuditRecord,
     audit_record_aad,
+    batch_from_bytes,
 )
 from schemas.envelope import header
 from schemas.topics import AUDIT_TOPIC, DLQ_TOPIC
@@ -134,23 +136,23 @@ class AuditWriter:
             keyring = keyring_of(session)
             for record in records:
                 version = header(record.headers, HEADER_SCHEMA_VERSION)
-                record_id = header(record.headers, HEADER_AUDIT_ID)
-                if version != str(AUDIT_SCHEMA_VERSION) or not record_id or record.value is None:
+                first_id = header(record.headers, HEADER_AUDIT_ID)
+                if version != str(AUDIT_BATCH_VERSION) or not first_id or record.value is None:
                     dead.append((record, "unsupported audit record schema version"))
                     continue
                 try:
                     plaintext = await keyring.open(
-                        session, record.value, audit_record_aad(record_id)
+                        session, record.value, audit_record_aad(first_id)
                     )
-                    audit = AuditRecord.from_bytes(plaintext)
+                    batch = batch_from_bytes(plaintext)
                 except (CryptoError, ValueError, KeyError, TypeError) as error:
                     # ValueError covers bad JSON, an unknown action or outcome, a bad date.
                     dead.append((record, f"unreadable audit record ({type(error).__name__})"))
                     continue
-                if audit.id != record_id:
+                if batch[0].id != first_id:
                     dead.append((record, "audit record id differs from its header"))
                     continue
-                opened.append(audit)
+                opened.extend(batch)
             await session.commit()  # the data key row read (and cached), nothing written
         return opened
 

@@ -2,9 +2,10 @@
 
 The record exists exactly when the action committed (the same transaction), costs the action
 one more row and no round trip to a broker, and is chained and stored later by the audit writer
-(consumers.audit). The row's key is the record's id: records need no order among themselves
-(the writer's chain gives them one), and the relay can tell which records the writer has not
-stored yet (re-driven after a broker restart, like unrouted events).
+(consumers.audit). All the records of one transaction travel as one row (``emit_records``);
+its key is the first record's id: records need no order among themselves (the writer's chain
+gives them one), and the relay can tell which rows the writer has not stored yet (re-driven
+after a broker restart, like unrouted events).
 
 Call it with what the action knew::
 
@@ -31,6 +32,8 @@ from schemas.audit import (
     AuditOutcome,
     AuditRecord,
     audit_record_aad,
+    batch_bytes,
+    batch_headers,
 )
 from schemas.topics import AUDIT_TOPIC, LANE_AUDIT
 from services.auth.service import Principal
@@ -110,22 +113,26 @@ async def emit(
 
 
 async def emit_records(session: AsyncSession, records: list[AuditRecord]) -> None:
-    """Several records at once (a batch of messages, a routing batch's decisions)."""
+    """Several records at once (a batch of messages, a routing batch's decisions): one outbox
+    row for all of them, so auditing costs a transaction one row whatever it did."""
     if not records:
         return
     keyring = keyring_of(session)
     key = await keyring.hub_key(session)
-    session.add_all([outbox_row(keyring, key, r) for r in records])
+    session.add(outbox_row(keyring, key, records))
 
 
-def outbox_row(keyring: Keyring, key: DataKeyRef, record: AuditRecord) -> OutboxRecord:
-    """The record sealed under the hub's data key: a patient forgotten keeps the trail."""
+def outbox_row(keyring: Keyring, key: DataKeyRef, records: list[AuditRecord]) -> OutboxRecord:
+    """The records sealed under the hub's data key (a patient forgotten keeps the trail), keyed
+    by the first record's id: the writer stores a batch in one transaction, so the relay can
+    tell a batch the writer has not stored by that one id."""
+    first = records[0].id
     return OutboxRecord(
         event_id=None,
         topic=AUDIT_TOPIC,
-        key=record.id,
-        value=keyring.seal(key, record.to_bytes(), audit_record_aad(record.id)),
-        headers=encode_headers(record.headers(key.key_id)),
-        created_at=record.recorded,
+        key=first,
+        value=keyring.seal(key, batch_bytes(records), audit_record_aad(first)),
+        headers=encode_headers(batch_headers(records, key.key_id)),
+        created_at=records[0].recorded,
         lane=LANE_AUDIT,
     )
