@@ -151,7 +151,7 @@ async def test_no_personal_data_in_logs_topics_or_files(tmp_path: Path, caplog) 
 
 async def test_dead_letters_are_sealed_too(hub: Hub) -> None:
     """A clear record of an older producer (schema 1) goes to the DLQ sealed with the hub's key."""
-    from consumers.routing.router import dlq_aad
+    from consumers.dlq import dlq_aad
 
     producer = hub.broker.producer()
     await producer.start()

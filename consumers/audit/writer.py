@@ -26,21 +26,20 @@ from aiokafka.structs import OffsetAndMetadata, TopicPartition
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from consumers.routing.router import dlq_aad
+from consumers.dlq import dead_letter
 from renkei.broker import Broker
 from renkei.crypto import CryptoError, keyring_of
 from renkei.settings import Settings
 from schemas.audit import (
     AUDIT_BATCH_VERSION,
     HEADER_AUDIT_ID,
-    HEADER_KEY_ID,
     HEADER_SCHEMA_VERSION,
     AuditRecord,
     audit_record_aad,
     batch_from_bytes,
 )
 from schemas.envelope import header
-from schemas.topics import AUDIT_TOPIC, DLQ_TOPIC
+from schemas.topics import AUDIT_TOPIC
 from services.audit.chain import append
 from services.audit.signing import Signer, add_checkpoint
 
@@ -209,27 +208,7 @@ class AuditWriter:
     async def _dead_letter(
         self, dlq: AIOKafkaProducer, record: ConsumerRecord, reason: str
     ) -> None:
-        log.error(
-            "audit writer: record %s/%d@%d to the DLQ: %s",
-            record.topic,
-            record.partition,
-            record.offset,
-            reason,
-        )
-        source = f"{record.topic}/{record.partition}/{record.offset}"
-        async with self.sessions() as session:
-            keyring = keyring_of(session)
-            key = await keyring.hub_key(session)
-            await session.commit()
-        value = keyring.seal(key, record.value or b"", dlq_aad(source))
-        headers = [
-            ("renkei-dlq-reason", reason.encode()[:200]),
-            ("renkei-source", source.encode()),
-            (HEADER_KEY_ID, key.key_id.encode()),
-        ]
-        await dlq.send_and_wait(
-            self.settings.topic(DLQ_TOPIC), value, key=record.key, headers=headers
-        )
+        await dead_letter(self.sessions, self.settings, dlq, record, reason, "audit writer")
 
 
 async def run_audit_writer(hub, _lane: str | None = None) -> None:  # noqa: ANN001 - Hub

@@ -22,6 +22,7 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.orm import defer
 
+from consumers.dlq import dead_letter
 from consumers.routing.service import RoutingOutcome, route_events
 from consumers.routing.table import RoutingTable, load_routing
 from renkei.broker import Broker
@@ -30,7 +31,6 @@ from renkei.settings import Settings
 from renkei.wakeup import RoutedSignal
 from schemas.envelope import (
     HEADER_EVENT_ID,
-    HEADER_KEY_ID,
     HEADER_SCHEMA_VERSION,
     SCHEMA_VERSION,
     EnvelopeError,
@@ -38,7 +38,7 @@ from schemas.envelope import (
     event_record_aad,
     header,
 )
-from schemas.topics import DLQ_TOPIC, LANE_URGENT, LANES, event_topics_of
+from schemas.topics import LANE_URGENT, LANES, event_topics_of
 from services import metrics
 from services.escalation.service import escalation_window
 from services.intake.models import STATUS_FORGOTTEN, Event
@@ -253,33 +253,7 @@ class Router:
     async def _dead_letter(
         self, dlq: AIOKafkaProducer, record: ConsumerRecord, reason: str
     ) -> None:
-        log.error(
-            "router: record %s/%d@%d to the DLQ: %s",
-            record.topic,
-            record.partition,
-            record.offset,
-            reason,
-        )
-        source = f"{record.topic}/{record.partition}/{record.offset}"
-        # The record as it came, sealed again under the hub's own data key: the DLQ holds no
-        # clear bytes either (the original may be a clear record of an older producer).
-        async with self.sessions() as session:
-            keyring = keyring_of(session)
-            key = await keyring.hub_key(session)
-            await session.commit()
-        value = keyring.seal(key, record.value or b"", dlq_aad(source))
-        headers = [
-            ("renkei-dlq-reason", reason.encode()[:200]),
-            ("renkei-source", source.encode()),
-            (HEADER_KEY_ID, key.key_id.encode()),
-        ]
-        await dlq.send_and_wait(
-            self.settings.topic(DLQ_TOPIC), value, key=record.key, headers=headers
-        )
-
-
-def dlq_aad(source: str) -> str:
-    return f"kafka|dlq|{source}"
+        await dead_letter(self.sessions, self.settings, dlq, record, reason, "router")
 
 
 async def run_router(hub, lane: str | None = None) -> None:  # noqa: ANN001 - Hub (import cycle)
